@@ -1,0 +1,53 @@
+"""Command line: ``python -m anomalymap_helpers run ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from .errors import AnomalyMapError
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .run import parse_value, run_series
+
+    params: dict = {}
+    for path in args.file or []:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise AnomalyMapError(f"cannot read parameters file {path}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise AnomalyMapError(f"{path} must hold a mapping of parameter: value")
+        params.update(loaded)
+    for name, value in args.param or []:
+        params[name] = parse_value(value)
+    run_series(params, args.results, log_output=args.log_output)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m anomalymap_helpers", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute the five notebooks in order with papermill")
+    run.add_argument(
+        "-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), help="a parameter (YAML value)"
+    )
+    run.add_argument("-f", "--file", action="append", metavar="PARAMS.yaml", help="a YAML file of parameters")
+    run.add_argument("--results", metavar="DIR", help="the run folder (default results/default)")
+    run.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
+    run.set_defaults(func=_run)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except AnomalyMapError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

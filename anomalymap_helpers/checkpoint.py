@@ -1,0 +1,191 @@
+"""Checkpoints as safetensors: plain tensors and text metadata, never pickle.
+
+``model.safetensors`` holds the autoencoder's weights; its metadata names the
+architecture and its shape, so a checkpoint of another model is refused with a
+message that names both. ``training_state.safetensors`` holds the weights, the
+optimizer state and the epoch reached, so an interrupted run can resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from . import storage
+from .errors import CheckpointError
+from .model import ConvAutoencoder, ModelConfig
+
+FORMAT = "anomalymap/1"
+
+
+def _tensors(model: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    # Tensors are stored contiguous (not channels_last): that is the portable layout.
+    return {prefix + k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def _save(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    with storage.atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def _model_metadata(model: ConvAutoencoder) -> dict[str, Any]:
+    return {"format": FORMAT, "model_config": asdict(model.config)}
+
+
+def _read(path: str | os.PathLike[str], what: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"no {what} at {p}: run notebook 02_training first")
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as fh:
+            metadata = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as exc:  # safetensors raises its own error types for bad headers and short files
+        raise CheckpointError(
+            f"{p} is not a readable safetensors checkpoint ({exc}): the file is corrupt, truncated or "
+            "of another format. Delete it and run notebook 02_training again"
+        ) from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{p} is a safetensors file but not an AnomalyMap checkpoint (format "
+            f"{metadata.get('format')!r}, expected {FORMAT!r}): train one with notebook 02_training"
+        )
+    return metadata, tensors
+
+
+def _config(metadata: dict[str, str], path: Path) -> ModelConfig:
+    try:
+        raw = json.loads(metadata["model_config"])
+        known = {f.name for f in fields(ModelConfig)}
+        return ModelConfig(**{k: v for k, v in raw.items() if k in known})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its model_config metadata cannot be read ({exc})") from None
+
+
+def _describe(config: ModelConfig) -> str:
+    return f"{config.architecture} with latent_dim={config.latent_dim}, {config.channels}x{config.image_size}x{config.image_size} images"
+
+
+def _check_expected(config: ModelConfig, expected: ModelConfig | None, path: Path) -> None:
+    if expected is not None and config != expected:
+        raise CheckpointError(
+            f"{path} holds a {_describe(config)}, but this run asks for a {_describe(expected)}: "
+            f"use latent_dim={config.latent_dim} to match the checkpoint, or train a new one with 02_training"
+        )
+
+
+def _build(config: ModelConfig, state: dict[str, torch.Tensor], path: Path) -> ConvAutoencoder:
+    model = ConvAutoencoder(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        diff = sorted(set(expected.items()) ^ set(found.items()))[:4]
+        raise CheckpointError(
+            f"{path} claims a {_describe(config)} but its tensors do not fit that model "
+            f"(first differences: {diff}): the file was edited or made by other code; train a new one"
+        )
+    model.load_state_dict(state)
+    return model
+
+
+def save_model(path: str | os.PathLike[str], model: ConvAutoencoder, **metadata: Any) -> Path:
+    """Atomically save the model's weights with its config as metadata."""
+    return _save(path, _tensors(model), {**_model_metadata(model), **metadata})
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of a checkpoint, JSON values decoded."""
+    metadata, _ = _read(path, "model checkpoint")
+    out: dict[str, Any] = {}
+    for k, v in metadata.items():
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+def load_model(
+    path: str | os.PathLike[str], expected: ModelConfig | None = None, device: str | torch.device = "cpu"
+) -> ConvAutoencoder:
+    """Load a model saved by :func:`save_model`, in eval mode.
+
+    Args:
+        path: The ``model.safetensors`` file.
+        expected: If given, the checkpoint must be of this config.
+        device: Where to put the model.
+
+    Raises:
+        CheckpointError: missing, corrupt, not ours, or of another config.
+    """
+    p = Path(path)
+    metadata, state = _read(p, "model checkpoint")
+    config = _config(metadata, p)
+    _check_expected(config, expected, p)
+    return _build(config, state, p).to(device).eval()
+
+
+def save_training_state(
+    path: str | os.PathLike[str],
+    model: ConvAutoencoder,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epoch: int,
+    history: list[dict[str, float]],
+    train_config: dict[str, Any],
+) -> Path:
+    """Atomically save what :func:`load_training_state` needs to resume after ``epoch``."""
+    state = optimizer.state_dict()
+    tensors = _tensors(model, "model.")
+    for index, param_state in state["state"].items():
+        for key, value in param_state.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
+    metadata = {
+        **_model_metadata(model),
+        "epoch": epoch,
+        "history": history,
+        "train_config": train_config,
+        "param_groups": state["param_groups"],
+    }
+    return _save(path, tensors, metadata)
+
+
+def load_training_state(
+    path: str | os.PathLike[str], model: ConvAutoencoder, optimizer: torch.optim.Optimizer
+) -> tuple[int, list[dict[str, float]], dict[str, Any]]:
+    """Load a training state into ``model`` and ``optimizer``.
+
+    Returns:
+        ``(epoch completed, history, train_config)``.
+
+    Raises:
+        CheckpointError: corrupt, not ours, or of another model config.
+    """
+    p = Path(path)
+    metadata, tensors = _read(p, "training state")
+    _check_expected(_config(metadata, p), model.config, p)
+    model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    loaded = _build(model.config, model_state, p)
+    model.load_state_dict(loaded.state_dict())
+    optim_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            optim_state.setdefault(int(index), {})[name] = value
+    try:
+        optimizer.load_state_dict({"state": optim_state, "param_groups": json.loads(metadata["param_groups"])})
+        epoch = int(metadata["epoch"])
+        history = json.loads(metadata["history"])
+        train_config = json.loads(metadata["train_config"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{p}: the optimizer state cannot be restored ({exc}); start without resume") from None
+    return epoch, history, train_config

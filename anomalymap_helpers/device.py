@@ -1,0 +1,106 @@
+"""Device and precision, chosen in one place.
+
+``device="auto"`` picks CUDA when there is one. With ``amp=True`` training and
+scoring use fp16 autocast with a GradScaler on CUDA, bf16 autocast on CPUs with
+native bf16 support, and fp32 otherwise; ``channels_last`` is used on every
+device because it speeds the convolutions up on both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ParameterError
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The numeric setup of a device.
+
+    Attributes:
+        name: ``"fp16"``, ``"bf16"`` or ``"fp32"``.
+        device_type: ``"cuda"`` or ``"cpu"``.
+    """
+
+    name: str
+    device_type: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype, or None for plain fp32."""
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.name)
+
+    @property
+    def use_grad_scaler(self) -> bool:
+        """fp16 needs loss scaling; bf16 has fp32's range and does not."""
+        return self.name == "fp16"
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """An autocast context for this precision (a no-op for fp32)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a torch device.
+
+    Raises:
+        ParameterError: the value is unknown, or asks for CUDA where there is none.
+    """
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ParameterError(
+                f"device={device!r}, but CUDA is not available on this machine "
+                f"(torch {torch.__version__} sees no GPU): use device='cpu', "
+                "or device='auto' to take a GPU only where there is one"
+            )
+        index = name.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise ParameterError(
+                f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                "device(s); use 'cuda' or 'cuda:N' with N below that"
+            )
+        return torch.device(name)
+    raise ParameterError(f"device={device!r} is not known: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bf16 natively (oneDNN's check: AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(device: torch.device, amp: bool = True, *, warn: bool = True) -> Precision:
+    """Choose the precision for ``device``.
+
+    Args:
+        device: The resolved device.
+        amp: Ask for mixed precision. Where the device cannot use it, fp32 is
+            chosen and (if ``warn``) a warning says so.
+        warn: Whether to warn on a fallback.
+    """
+    if not amp:
+        return Precision("fp32", device.type)
+    if device.type == "cuda":
+        return Precision("fp16", "cuda")
+    if device.type == "cpu" and cpu_supports_bf16():
+        return Precision("bf16", "cpu")
+    if warn:
+        warnings.warn(
+            f"amp=True, but {device} has no native bf16 or fp16 support: using fp32 "
+            "(pass amp=False to silence this warning)",
+            stacklevel=2,
+        )
+    return Precision("fp32", device.type)

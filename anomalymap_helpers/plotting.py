@@ -1,0 +1,233 @@
+"""Figures. Each function returns a matplotlib ``Figure``; the caller shows or saves it.
+
+Figures are built without pyplot, so nothing piles up in pyplot's global state
+and a notebook shows each figure once, when it is the cell's value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+
+class NotebookFigure(Figure):
+    """A Figure that Jupyter shows as a PNG when it is a cell's value, pyplot or not."""
+
+    def _repr_png_(self) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        return buf.getvalue()
+
+
+NORMAL_COLOR, ANOMALY_COLOR = "#4C72B0", "#C44E52"
+MAP_CMAP = "inferno"
+SCALES = ("per-image", "global")
+
+
+def image_grid(images: Any, labels: Any, is_anomaly: Any, *, per_kind: int = 8, seed: int = 0) -> Figure:
+    """Two rows of sample images ``(N, 1, H, W)``: normal ones above, anomalies below."""
+    imgs = np.asarray(images, dtype=float).reshape(len(images), *np.shape(images)[-2:])
+    labels, y = np.asarray(labels), np.asarray(is_anomaly, dtype=bool)
+    rng = np.random.default_rng(seed)
+    fig = NotebookFigure(figsize=(per_kind * 0.9, 2.2), layout="constrained")
+    grid = fig.subplots(2, per_kind, squeeze=False)
+    for row, (mask, name) in enumerate(((~y, "normal"), (y, "anomaly"))):
+        where = np.flatnonzero(mask)
+        chosen = rng.choice(where, size=min(per_kind, len(where)), replace=False) if len(where) else []
+        for col, ax in enumerate(grid[row]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col < len(chosen):
+                ax.imshow(imgs[chosen[col]], cmap="gray", vmin=0, vmax=1)
+                ax.set_title(str(labels[chosen[col]]), fontsize=8)
+        grid[row, 0].set_ylabel(name, fontsize=9)
+    return fig
+
+
+def loss_curves(history: Sequence[dict[str, float]]) -> Figure:
+    """Training and validation loss per epoch."""
+    fig = NotebookFigure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="training")
+    ax.plot(epochs, [h["val_loss"] for h in history], "s--", label="validation")
+    ax.set(xlabel="epoch", ylabel="mean squared error", title="Reconstruction loss")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def score_histogram(scores: Any, is_anomaly: Any, threshold: float | None = None, *, log: bool = True) -> Figure:
+    """Histogram of anomaly scores of normal vs anomalous images (seaborn)."""
+    import pandas as pd
+    import seaborn as sns
+
+    s, y = np.asarray(scores, dtype=float), np.asarray(is_anomaly, dtype=bool)
+    frame = pd.DataFrame({"score": s, "image": np.where(y, "anomaly", "normal")})
+    fig = NotebookFigure(figsize=(7, 3.8))
+    ax = fig.add_subplot()
+    sns.histplot(
+        frame,
+        x="score",
+        hue="image",
+        hue_order=["normal", "anomaly"],
+        stat="density",
+        common_norm=False,
+        bins=60,
+        log_scale=log and bool((s > 0).all()),
+        element="step",
+        palette=[NORMAL_COLOR, ANOMALY_COLOR],
+        ax=ax,
+    )
+    if threshold is not None:
+        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.4g}")
+        ax.text(threshold, ax.get_ylim()[1] * 0.95, " threshold", va="top", fontsize=8)
+    ax.set(title="Anomaly scores on the test set", xlabel="anomaly score")
+    return fig
+
+
+def roc_figure(curves: dict[str, tuple[Any, Any]]) -> Figure:
+    """ROC curves, one per named ``(scores, is_anomaly)`` pair, with their AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    fig = NotebookFigure(figsize=(4.5, 4.5))
+    ax = fig.add_subplot()
+    for name, (scores, y) in curves.items():
+        fpr, tpr, _ = roc_curve(y, scores)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, scores):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="chance")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve", aspect="equal")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def pr_figure(curves: dict[str, tuple[Any, Any]]) -> Figure:
+    """Precision-recall curves, one per named ``(scores, is_anomaly)`` pair, with their AP."""
+    from sklearn.metrics import average_precision_score
+
+    fig = NotebookFigure(figsize=(4.5, 4.5))
+    ax = fig.add_subplot()
+    base = None
+    for name, (scores, y) in curves.items():
+        precision, recall, _ = precision_recall_curve(y, scores)
+        ax.plot(recall, precision, label=f"{name} (AP {average_precision_score(y, scores):.3f})")
+        base = float(np.mean(y))
+    if base is not None:
+        ax.axhline(base, color="grey", ls=":", lw=1, label=f"chance ({base:.3f})")
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve", xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="upper right", fontsize=8)
+    return fig
+
+
+def triptych_axes(
+    axes: Sequence[Any],
+    image: np.ndarray,
+    reconstruction: np.ndarray,
+    error_map: np.ndarray,
+    *,
+    vmax: float | None = None,
+    titles: bool = True,
+) -> Any:
+    """Draw [input | reconstruction | anomaly map] of one ``(H, W)`` image on three axes.
+
+    Args:
+        vmax: Upper end of the map's colour scale; None for this image's own maximum.
+
+    Returns:
+        The map's image artist (for a colorbar).
+    """
+    top = float(vmax) if vmax is not None else max(float(error_map.max()), 1e-6)
+    axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
+    axes[1].imshow(reconstruction, cmap="gray", vmin=0, vmax=1)
+    art = axes[2].imshow(error_map, cmap=MAP_CMAP, vmin=0, vmax=top)
+    for ax, name in zip(axes, ("input", "reconstruction", "anomaly map |x - x̂|"), strict=True):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if titles:
+            ax.set_title(name, fontsize=9)
+    return art
+
+
+def triptychs(
+    images: Any,
+    reconstructions: Any,
+    maps: Any,
+    *,
+    captions: Sequence[str] | None = None,
+    scale: str = "per-image",
+    global_max: float | None = None,
+) -> Figure:
+    """A grid of [input | reconstruction | anomaly map] rows with a colorbar each.
+
+    Args:
+        images, reconstructions, maps: ``(N, 1, H, W)`` or ``(N, H, W)`` arrays.
+        captions: One text per row (e.g. label and score).
+        scale: ``"per-image"`` (each map to its own maximum) or ``"global"``
+            (every map to ``global_max``, so colours compare across rows).
+        global_max: The shared top of the scale; default the largest map value.
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale={scale!r}: use one of {SCALES}")
+    imgs, recs, errs = (
+        np.asarray(a, dtype=float).reshape(len(a), *np.shape(a)[-2:]) for a in (images, reconstructions, maps)
+    )
+    n = len(imgs)
+    top = global_max if global_max is not None else float(errs.max()) if n else 1.0
+    fig = NotebookFigure(figsize=(7.5, 2.3 * max(n, 1)), layout="constrained")
+    grid = fig.subplots(max(n, 1), 3, squeeze=False)
+    for row in range(n):
+        art = triptych_axes(
+            grid[row], imgs[row], recs[row], errs[row], vmax=top if scale == "global" else None, titles=row == 0
+        )
+        fig.colorbar(art, ax=grid[row, 2], fraction=0.046, pad=0.04)
+        if captions is not None:
+            grid[row, 0].set_ylabel(captions[row], fontsize=8)
+    return fig
+
+
+def tsne_scatter(embedding: Any, labels: Any, is_anomaly: Any, *, title: str = "t-SNE of the latent space") -> Figure:
+    """Two panels of a 2-D embedding: coloured by normal/anomaly, and by class."""
+    xy = np.asarray(embedding, dtype=float)
+    labels, y = np.asarray(labels), np.asarray(is_anomaly, dtype=bool)
+    fig = NotebookFigure(figsize=(11, 5), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.scatter(*xy[~y].T, s=6, alpha=0.6, color=NORMAL_COLOR, label="normal")
+    left.scatter(*xy[y].T, s=6, alpha=0.8, color=ANOMALY_COLOR, label="anomaly")
+    left.legend(markerscale=3)
+    left.set_title("normal vs anomaly")
+    classes = np.unique(labels)
+    cmap = matplotlib.colormaps["tab10"]
+    for c in classes:
+        m = labels == c
+        right.scatter(
+            *xy[m].T, s=6, alpha=0.7, color=cmap(int(c) % 10), label=str(c), marker="x" if y[m].any() else "o"
+        )
+    right.legend(title="class", markerscale=2, fontsize=8, ncols=2)
+    right.set_title("by class (x: anomaly class)")
+    for ax in (left, right):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title)
+    return fig
+
+
+def confusion_figure(matrix: Any) -> Figure:
+    """A 2x2 confusion matrix ``[[tn, fp], [fn, tp]]`` as an annotated heatmap."""
+    m = np.asarray(matrix)
+    fig = NotebookFigure(figsize=(3.4, 3))
+    ax = fig.add_subplot()
+    ax.imshow(m, cmap="Blues")
+    for (i, j), v in np.ndenumerate(m):
+        ax.text(j, i, f"{v:,}", ha="center", va="center", color="white" if v > m.max() / 2 else "black")
+    ax.set_xticks([0, 1], ["normal", "anomaly"])
+    ax.set_yticks([0, 1], ["normal", "anomaly"])
+    ax.set(xlabel="predicted", ylabel="true")
+    return fig

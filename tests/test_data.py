@@ -1,0 +1,87 @@
+"""Class splits, the validation hold-out and the local MNIST folder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from anomalymap_helpers import data
+from anomalymap_helpers.errors import DataError, ParameterError
+
+
+@pytest.mark.parametrize(
+    ("normal", "anomaly", "message"),
+    [
+        ([0, 1, 10], [9], r"unknown class\(es\) \[10\]"),
+        ([0, 1, 2], [2, 9], r"class\(es\) \[2\] are in both"),
+        ([], [9], "normal_classes is empty"),
+        ([0, 1], [], "anomaly_classes is empty"),
+        (["a"], [9], "give a list of class numbers"),
+    ],
+)
+def test_bad_class_splits_are_named(normal: list, anomaly: list, message: str) -> None:
+    with pytest.raises(ParameterError, match=message):
+        data.SplitConfig(tuple(normal), tuple(anomaly))
+
+
+def test_split_config_normalises_classes_and_caps() -> None:
+    cfg = data.SplitConfig((3, 1, 1), (9,), max_train=0)
+    assert cfg.normal_classes == (1, 3) and cfg.max_train is None
+    with pytest.raises(ParameterError, match="max_test"):
+        data.SplitConfig(max_test=1)
+
+
+def test_splits_are_seeded_disjoint_and_free_of_anomalies(mnist: data.Mnist) -> None:
+    cfg = data.SplitConfig(normal_classes=tuple(range(9)), anomaly_classes=(9,), seed=3)
+    a = data.make_splits(mnist.train_labels, mnist.test_labels, cfg)
+    b = data.make_splits(mnist.train_labels, mnist.test_labels, cfg)
+    c = data.make_splits(mnist.train_labels, mnist.test_labels, data.SplitConfig(seed=4))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["val"], c["val"])
+    assert not set(a["train"].tolist()) & set(a["val"].tolist())
+    assert (mnist.train_labels[a["train"]] != 9).all() and (mnist.train_labels[a["val"]] != 9).all()
+    normal_train = int((mnist.train_labels != 9).sum())  # 60,000 - 5,949 nines
+    assert normal_train == 54_051
+    assert len(a["val"]) == round(normal_train * 0.1)
+    assert len(a["train"]) + len(a["val"]) == normal_train
+    assert len(a["test"]) == 10_000
+    assert int((mnist.test_labels[a["test"]] == 9).sum()) == 1009
+
+
+def test_test_set_keeps_only_chosen_classes(mnist: data.Mnist) -> None:
+    cfg = data.SplitConfig(normal_classes=(1,), anomaly_classes=(7,), max_test=500)
+    s = data.make_splits(mnist.train_labels, mnist.test_labels, cfg)
+    assert set(mnist.test_labels[s["test"]].tolist()) <= {1, 7}
+    assert len(s["test"]) == 500
+    assert set(mnist.train_labels[s["train"]].tolist()) == {1}
+
+
+def test_local_folder_checksums(mnist_dir: Path) -> None:
+    found = data.check_mnist_dir(mnist_dir)
+    assert sorted(found) == sorted(name for name, _, _ in data.MNIST_FILES)
+
+
+def test_truncated_local_file_names_file_and_checksum(mnist_dir: Path, tmp_path: Path) -> None:
+    for name, _, _ in data.MNIST_FILES:
+        shutil.copyfile(mnist_dir / name, tmp_path / name)
+    bad = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:1000])
+    with pytest.raises(DataError) as info:
+        data.load_mnist(tmp_path / "data", str(tmp_path))
+    text = str(info.value)
+    assert "t10k-labels-idx1-ubyte.gz" in text and "ec29112dd5afa0611ce80d1b7f02629c" in text
+    assert "Copy that file again" in text
+
+
+def test_missing_local_file_is_named(mnist_dir: Path, tmp_path: Path) -> None:
+    shutil.copyfile(mnist_dir / "train-images-idx3-ubyte.gz", tmp_path / "train-images-idx3-ubyte.gz")
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.gz"):
+        data.check_mnist_dir(tmp_path)
+
+
+def test_mnist_matches_published_statistics(mnist: data.Mnist) -> None:
+    assert torch.bincount(mnist.train_labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert data.to_float(mnist.train_images).mean().item() == pytest.approx(0.1307, abs=1e-4)

@@ -1,0 +1,116 @@
+"""The smoke chain: the five notebooks headless through the `run` command, then nbval."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from anomalymap_helpers.__main__ import main
+from anomalymap_helpers.run import SeriesError, run_series, series
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"max_train": 10000, "max_test": 1000, "epochs": 1, "batch_size": 64, "tsne_samples": 150, "n_heatmaps": 4}
+NAMES = ["01_data.ipynb", "02_training.ipynb", "03_evaluation.ipynb", "04_explorer.ipynb", "05_latent.ipynb"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    args = [sys.executable, "-m", "anomalymap_helpers", "run", "--results", str(out)]
+    params = {**SMALL, "mnist_dir": str(mnist_dir), "data_dir": str(tmp_path_factory.mktemp("data"))}
+    for name, value in params.items():
+        args += ["-p", name, str(value)]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in NAMES:
+        assert f"{name} done in" in proc.stdout
+    return out
+
+
+def test_series_writes_every_output(run_dir: Path) -> None:
+    for name in [
+        "splits.safetensors",
+        "splits.json",
+        "model.safetensors",
+        "model.json",
+        "training_loss_plot.png",
+        "reconstruction_errors.csv",
+        "error_histogram.png",
+        "roc_curve.png",
+        "pr_curve.png",
+        "metrics.json",
+        "latent_space_tsne.png",
+        "latent_embeddings.csv",
+        "environment.json",
+    ]:
+        assert (run_dir / name).stat().st_size > 0, name
+    assert sorted(p.name for p in (run_dir / "notebooks").iterdir()) == NAMES
+    assert len(list((run_dir / "heatmaps").glob("sample_*.png"))) == SMALL["n_heatmaps"]
+
+
+def test_series_metrics_and_scores_agree(run_dir: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in [
+        "roc_auc",
+        "average_precision",
+        "threshold",
+        "precision",
+        "recall",
+        "mean_score_normal",
+        "mean_score_anomaly",
+    ]:
+        assert isinstance(metrics[key], float), key
+    with open(run_dir / "reconstruction_errors.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["split", "index", "label", "score"]
+    test = [r for r in rows if r["split"] == "test"]
+    assert len(test) == SMALL["max_test"]
+    anomalies = [float(r["score"]) for r in test if r["label"] == "9"]
+    assert metrics["mean_score_anomaly"] == pytest.approx(sum(anomalies) / len(anomalies), rel=1e-9)
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["steps"]["02_training"]["precision"] in {"bf16", "fp32", "fp16"}
+    assert env["versions"]["torch"]
+
+
+def test_executed_notebooks_show_no_widget_json(run_dir: Path) -> None:
+    text = (run_dir / "notebooks" / "04_explorer.ipynb").read_text()
+    assert '"image/png"' in text and "Error displaying widget" not in text
+
+
+def test_nbval_reruns_the_executed_notebooks(run_dir: Path) -> None:
+    notebooks = [str(run_dir / "notebooks" / n) for n in NAMES]
+    env = {**os.environ, "ANOMALYMAP_HEADLESS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--current-env", *notebooks],
+        cwd=run_dir,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_runner_names_the_failing_notebook_and_the_missing_step(tmp_path: Path) -> None:
+    evaluation = [p for p in series(ROOT / "notebooks") if p.name.startswith("03_")]
+    with pytest.raises(SeriesError) as info:
+        run_series({}, tmp_path / "empty", notebooks=evaluation, echo=lambda line: None)
+    text = str(info.value)
+    assert "03_evaluation.ipynb failed in cell" in text
+    assert "run notebook 01_data first" in text
+
+
+def test_unknown_or_bad_parameters_fail_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "never"
+    assert main(["run", "-p", "epoch", "3", "--results", str(results)]) == 2
+    assert "unknown parameter(s) ['epoch']" in capsys.readouterr().err
+    assert main(["run", "-p", "anomaly_classes", "[0, 9]", "--results", str(results)]) == 2
+    assert "are in both" in capsys.readouterr().err
+    assert main(["run", "-p", "threshold_percentile", "100", "--results", str(results)]) == 2
+    assert not results.exists()

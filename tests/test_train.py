@@ -1,0 +1,130 @@
+"""The training loop: it learns, it is deterministic, it resumes, it stops on NaN."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from anomalymap_helpers import checkpoint, train
+from anomalymap_helpers.errors import ParameterError, TrainingError
+from anomalymap_helpers.paths import RunFiles
+
+CPU = dict(device="cpu", batch_size=64)
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def test_training_lowers_the_loss(small_normals) -> None:
+    x, v = small_normals
+    cfg = train.TrainConfig(epochs=3, **CPU)
+    before = train.mean_loss(train.ConvAutoencoder(), v, train.resolve_precision(torch.device("cpu"), False))
+    result = train.train(x, v, cfg, progress=False)
+    losses = [h["val_loss"] for h in result.history]
+    assert len(losses) == 3
+    assert losses[-1] < losses[0] < before
+
+
+def test_same_seed_same_weights(small_normals) -> None:
+    x, v = small_normals
+    cfg = train.TrainConfig(epochs=1, **CPU)
+    a = train.train(x, v, cfg, progress=False)
+    b = train.train(x, v, cfg, progress=False)
+    c = train.train(x, v, train.TrainConfig(epochs=1, seed=1, **CPU), progress=False)
+    wa, wb, wc = _weights(a.model), _weights(b.model), _weights(c.model)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_resume_equals_an_uninterrupted_run(small_normals, tmp_path: Path) -> None:
+    x, v = small_normals
+    whole = train.train(x, v, train.TrainConfig(epochs=2, **CPU), files=RunFiles(tmp_path / "a"), progress=False)
+    part = RunFiles(tmp_path / "b")
+    train.train(x, v, train.TrainConfig(epochs=1, **CPU), files=part, progress=False)
+    resumed = train.train(x, v, train.TrainConfig(epochs=2, **CPU), files=part, resume=True, progress=False)
+    wa, wb = _weights(whole.model), _weights(resumed.model)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert resumed.history[1]["val_loss"] == pytest.approx(whole.history[1]["val_loss"], abs=0.0)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(small_normals, tmp_path: Path) -> None:
+    x, v = small_normals
+    files = RunFiles(tmp_path)
+    train.train(x, v, train.TrainConfig(epochs=1, **CPU), files=files, progress=False)
+    good = _weights(checkpoint.load_model(files.model))
+    poisoned = x.clone()
+    poisoned[:] = float("nan")
+    with pytest.raises(TrainingError, match=r"epoch 2, step 1.*checkpoint of epoch 1"):
+        train.train(poisoned, v, train.TrainConfig(epochs=2, **CPU), files=files, resume=True, progress=False)
+    after = _weights(checkpoint.load_model(files.model))
+    assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("epochs", 0), ("batch_size", -1), ("lr", 0.0), ("latent_dim", 2.5), ("epochs", True), ("lr", float("inf"))],
+)
+def test_non_positive_settings_are_named(field: str, value: object) -> None:
+    with pytest.raises(ParameterError, match=field):
+        train.TrainConfig(**{field: value})
+
+
+def test_cuda_where_there_is_none_says_how_to_run_on_cpu() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ParameterError, match="device='cpu'"):
+        train.resolve_device("cuda")
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys, torch
+    from anomalymap_helpers import train
+    from anomalymap_helpers.paths import RunFiles
+    torch.manual_seed(5)
+    x = torch.rand(3000, 1, 28, 28); v = torch.rand(200, 1, 28, 28)
+    cfg = train.TrainConfig(epochs=int(sys.argv[2]), batch_size=64, device="cpu")
+    train.train(x, v, cfg, files=RunFiles(__import__("pathlib").Path(sys.argv[1])), resume=sys.argv[3] == "1", progress=False)
+    """
+)
+
+
+def _child(folder: Path, epochs: int, resume: bool) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(folder), str(epochs), "1" if resume else "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sigterm_keeps_the_last_epoch_and_resume_matches(tmp_path: Path) -> None:
+    stopped = RunFiles(tmp_path / "stopped")
+    proc = _child(stopped.root, 4, False)
+    deadline = time.time() + 120
+    while not stopped.training_state.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, "the child finished before SIGTERM: the test proves nothing"
+    assert "pass resume=True to continue" in err
+    epoch = checkpoint.read_metadata(stopped.training_state)["epoch"]
+    assert 1 <= epoch < 4
+    assert _child(stopped.root, 4, True).wait(timeout=300) == 0
+    whole = RunFiles(tmp_path / "whole")
+    assert _child(whole.root, 4, False).wait(timeout=300) == 0
+    a, b = checkpoint.load_model(stopped.model), checkpoint.load_model(whole.model)
+    wa, wb = _weights(a), _weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
