@@ -29,6 +29,13 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _speed(args: argparse.Namespace) -> int:
+    from .speed import run_speed
+
+    run_speed(args.epochs, args.out, seed=args.seed, mnist_dir=args.mnist_dir, max_train=args.max_train)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m anomalymap_helpers", description=__doc__)
@@ -41,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--results", metavar="DIR", help="the run folder (default results/default)")
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
     run.set_defaults(func=_run)
+    speed = sub.add_parser("speed", help="training and scoring throughput against the reference loop")
+    speed.add_argument("--epochs", type=int, default=5, help="epochs of each training path (default 5)")
+    speed.add_argument("--out", default="results/speed", metavar="DIR", help="where speed.json goes")
+    speed.add_argument("--seed", type=int, default=0)
+    speed.add_argument("--mnist-dir", default=None, help="local MNIST folder (default $ANOMALYMAP_MNIST_DIR)")
+    speed.add_argument("--max-train", type=int, default=None, help="cap on normal training images, for a quick run")
+    speed.set_defaults(func=_speed)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

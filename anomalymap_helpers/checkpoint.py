@@ -183,9 +183,23 @@ def load_training_state(
             optim_state.setdefault(int(index), {})[name] = value
     try:
         optimizer.load_state_dict({"state": optim_state, "param_groups": json.loads(metadata["param_groups"])})
+        _match_param_layout(optimizer)
         epoch = int(metadata["epoch"])
         history = json.loads(metadata["history"])
         train_config = json.loads(metadata["train_config"])
     except (KeyError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{p}: the optimizer state cannot be restored ({exc}); start without resume") from None
     return epoch, history, train_config
+
+
+def _match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-element state tensor its parameter's strides (e.g. channels_last).
+
+    Checkpoints store tensors contiguous; a fused optimizer walks a parameter and
+    its state in memory order, so their layouts must agree.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)

@@ -14,7 +14,7 @@ from .model import ConvAutoencoder
 
 
 @torch.inference_mode()
-def encode(model: ConvAutoencoder, images: torch.Tensor, *, batch_size: int = 2048) -> torch.Tensor:
+def encode(model: ConvAutoencoder, images: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
     """Latents ``(N, latent_dim)`` float32 on the CPU of images ``(N, C, H, W)``."""
     device = next(model.parameters()).device
     model.eval()

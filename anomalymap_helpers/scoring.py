@@ -23,7 +23,7 @@ def reconstruct(
     model: ConvAutoencoder,
     images: torch.Tensor,
     *,
-    batch_size: int = 2048,
+    batch_size: int = 512,
     precision: Precision | None = None,
 ) -> torch.Tensor:
     """Reconstruct ``images`` ``(N, C, H, W)`` in [0, 1] in large inference batches.
@@ -70,7 +70,7 @@ class Scored:
     scores: torch.Tensor
 
 
-def score(model: ConvAutoencoder, images: torch.Tensor, *, batch_size: int = 2048) -> Scored:
+def score(model: ConvAutoencoder, images: torch.Tensor, *, batch_size: int = 512) -> Scored:
     """Reconstruct and score ``images`` ``(N, C, H, W)``."""
     recon = reconstruct(model, images, batch_size=batch_size)
     return Scored(images, recon, anomaly_maps(images, recon), mse_scores(images, recon))

@@ -91,3 +91,19 @@ def test_foreign_safetensors_file_is_refused(tmp_path: Path) -> None:
     save_file({"w": torch.zeros(3)}, str(path))
     with pytest.raises(CheckpointError, match="not an AnomalyMap checkpoint"):
         checkpoint.load_model(path)
+
+
+def test_encoder_equals_the_conv_relu_maxpool_order() -> None:
+    """MaxPool-then-ReLU is an exact rewrite of the original Conv-ReLU-MaxPool blocks."""
+    torch.manual_seed(0)
+    model = ConvAutoencoder()
+    e = model.encoder
+    original = torch.nn.Sequential(
+        e[0], torch.nn.ReLU(), torch.nn.MaxPool2d(2), e[3], torch.nn.ReLU(), torch.nn.MaxPool2d(2), e[6], e[7]
+    )
+    x = torch.rand(6, 1, 28, 28) - 0.3
+    a, b = model.encode(x), original(x)
+    assert torch.equal(a, b)
+    ga = torch.autograd.grad(a.square().sum(), e[0].weight)[0]
+    gb = torch.autograd.grad(original(x).square().sum(), e[0].weight)[0]
+    torch.testing.assert_close(ga, gb, rtol=0, atol=0)
