@@ -36,6 +36,22 @@ def _speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import PROTOCOLS, run_benchmark
+
+    protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
+    run_benchmark(
+        protocols,
+        tuple(args.digits),
+        args.seeds,
+        args.out,
+        quick=args.quick,
+        mnist_dir=args.mnist_dir,
+        device=args.device,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m anomalymap_helpers", description=__doc__)
@@ -55,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--mnist-dir", default=None, help="local MNIST folder (default $ANOMALYMAP_MNIST_DIR)")
     speed.add_argument("--max-train", type=int, default=None, help="cap on normal training images, for a quick run")
     speed.set_defaults(func=_speed)
+    bench = sub.add_parser("benchmark", help="ROC-AUC per digit over the leave-one-out and one-class protocols")
+    bench.add_argument("--protocol", choices=["leave-one-out", "one-class", "both"], default="both")
+    bench.add_argument("--digits", type=int, nargs="+", default=list(range(10)), choices=range(10), metavar="D")
+    bench.add_argument("--seeds", type=int, default=3, help="seeds per digit (default 3)")
+    bench.add_argument("--out", default="results/benchmark", metavar="DIR")
+    bench.add_argument("--quick", action="store_true", help="fewer epochs (use with --seeds 1 for minutes)")
+    bench.add_argument("--mnist-dir", default=None, help="local MNIST folder (default $ANOMALYMAP_MNIST_DIR)")
+    bench.add_argument("--device", default="auto")
+    bench.set_defaults(func=_benchmark)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

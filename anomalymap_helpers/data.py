@@ -172,17 +172,19 @@ def check_mnist_dir(mnist_dir: str | os.PathLike[str]) -> dict[str, Path]:
     return found
 
 
+def _raw_files(root: Path) -> list[Path]:
+    return [root / "MNIST" / "raw" / name[:-3] for name, _, _ in MNIST_FILES]
+
+
 def prepare_mnist(data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR, mnist_dir: str | None = None) -> Path:
     """Make sure MNIST sits in ``<data_dir>/MNIST/raw`` and return ``data_dir``.
 
     Args:
         data_dir: torchvision's root folder (resolved against the project root).
-        mnist_dir: A local folder of the official files. None reads
+        mnist_dir: A local folder of the official files. None or "" reads
             ``$ANOMALYMAP_MNIST_DIR``; if that is unset too, torchvision
             downloads the files.
     """
-    import torchvision
-
     root = resolve(data_dir)
     mnist_dir = mnist_dir or os.environ.get(MNIST_ENV) or None
     raw = root / "MNIST" / "raw"
@@ -194,6 +196,10 @@ def prepare_mnist(data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR, mnist_dir
                     shutil.copyfile(source, tmp)
             if source.suffix != ".gz":  # torchvision wants the .gz name too when it downloads
                 (raw / gz_name).unlink(missing_ok=True)
+    if all(p.exists() for p in _raw_files(root)):
+        return root  # already extracted: no need to import torchvision (about a second)
+    import torchvision
+
     try:
         for train in (True, False):
             torchvision.datasets.MNIST(str(root), train=train, download=True)
@@ -203,6 +209,13 @@ def prepare_mnist(data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR, mnist_dir
             f"files into a folder and pass mnist_dir=<folder> (or set ${MNIST_ENV})"
         ) from None
     return root
+
+
+def _read_idx(data: bytes) -> torch.Tensor:
+    """An IDX array of unsigned bytes (the MNIST format: big-endian header, then the data)."""
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return torch.frombuffer(bytearray(data[4 + 4 * ndim :]), dtype=torch.uint8).view(*dims)
 
 
 @dataclass(frozen=True)
@@ -225,21 +238,22 @@ class Mnist:
 
 
 def load_mnist(data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR, mnist_dir: str | None = None) -> Mnist:
-    """Load MNIST (see :func:`prepare_mnist` for where it comes from)."""
-    import torchvision
+    """Load MNIST (see :func:`prepare_mnist` for where it comes from).
 
+    The four raw files are checked against their published SHA-256 before they are read.
+    """
     root = prepare_mnist(data_dir, mnist_dir)
-    train = torchvision.datasets.MNIST(str(root), train=True, download=False)
-    test = torchvision.datasets.MNIST(str(root), train=False, download=False)
-    raw = Path(train.raw_folder)
-    checksums = {name[:-3]: _digest(raw / name[:-3], "sha256") for name, _, _ in MNIST_FILES}
-    for name, _, expected in MNIST_FILES:
-        if checksums[name[:-3]] != expected:
+    arrays, checksums = [], {}
+    for path, (_, _, expected) in zip(_raw_files(root), MNIST_FILES, strict=True):
+        data = path.read_bytes()
+        checksums[path.name] = actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
             raise DataError(
-                f"{raw / name[:-3]} is corrupt: its SHA-256 is {checksums[name[:-3]]}, expected "
-                f"{expected}. Delete {raw} and run again"
+                f"{path} is corrupt: its SHA-256 is {actual}, expected {expected}. Delete {path.parent} and run again"
             )
-    return Mnist(train.data, train.targets, test.data, test.targets, checksums)
+        arrays.append(_read_idx(data))
+    train_x, train_y, test_x, test_y = arrays
+    return Mnist(train_x, train_y.long(), test_x, test_y.long(), checksums)
 
 
 # --------------------------------------------------------------------------- splits

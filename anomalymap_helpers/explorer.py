@@ -32,6 +32,7 @@ class Explorer:
         labels: ``(N,)`` digit labels.
         is_anomaly: ``(N,)`` bool.
         threshold: Scores above it are called anomalies.
+        scores: ``(N,)`` scores to show and threshold; default the MSE of ``scored``.
         indices: ``(N,)`` positions in the source dataset, shown in titles.
         scale: ``"per-image"`` or ``"global"`` colour scale of the map.
     """
@@ -43,6 +44,7 @@ class Explorer:
         is_anomaly: Any,
         threshold: float,
         *,
+        scores: Any = None,
         indices: Any = None,
         scale: str = "per-image",
     ) -> None:
@@ -51,7 +53,7 @@ class Explorer:
         self.images = _plain(scored.images)
         self.reconstructions = _plain(scored.reconstructions)
         self.maps = _plain(scored.maps)
-        self.scores = np.asarray(scored.scores, dtype=np.float64)
+        self.scores = np.asarray(scored.scores if scores is None else scores, dtype=np.float64)
         self.labels = np.asarray(labels)
         self.is_anomaly = np.asarray(is_anomaly, dtype=bool)
         self.indices = np.asarray(indices) if indices is not None else np.arange(len(self.scores))
@@ -154,21 +156,30 @@ class Explorer:
     def _build(self) -> Any:
         import ipywidgets as w
 
-        positive = self.scores[self.scores > 0]
-        lo = math.log10(positive.min()) if positive.size else -6
-        hi = math.log10(self.scores.max()) if positive.size else 0
+        lo, hi = float(self.scores.min()), float(self.scores.max())
+        if lo > 0:  # positive scores (errors, distances) are skewed: a log slider spreads them
+            threshold = w.FloatLogSlider(
+                value=self.threshold,
+                base=10,
+                min=math.log10(lo),
+                max=math.log10(hi),
+                step=(math.log10(hi) - math.log10(lo)) / 400 or 0.01,
+                description="threshold",
+                readout_format=".5f",
+                continuous_update=True,
+            )
+        else:
+            threshold = w.FloatSlider(
+                value=self.threshold,
+                min=lo,
+                max=hi,
+                step=(hi - lo) / 400 or 0.01,
+                description="threshold",
+                readout_format=".4f",
+                continuous_update=True,
+            )
         subset = w.Dropdown(options=[(v, k) for k, v in SUBSETS.items()], value=self.subset, description="show")
         image = w.IntSlider(0, 0, len(self.positions()) - 1, description="image", continuous_update=True)
-        threshold = w.FloatLogSlider(
-            value=self.threshold,
-            base=10,
-            min=lo,
-            max=hi,
-            step=(hi - lo) / 400 or 0.01,
-            description="threshold",
-            readout_format=".5f",
-            continuous_update=True,
-        )
         scale = w.ToggleButtons(options=list(plotting.SCALES), value=self.scale, description="colour scale")
         view = w.Image(format="png")
         status = w.HTML()

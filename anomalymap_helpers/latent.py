@@ -9,19 +9,25 @@ import numpy as np
 import torch
 
 from . import storage
+from .device import resolve_precision
 from .errors import ParameterError
 from .model import ConvAutoencoder
 
 
 @torch.inference_mode()
 def encode(model: ConvAutoencoder, images: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
-    """Latents ``(N, latent_dim)`` float32 on the CPU of images ``(N, C, H, W)``."""
+    """Latents ``(N, latent_dim)`` float32 on the CPU of images ``(N, C, H, W)``.
+
+    Runs with the device's autocast (bf16 on CPUs that support it), as scoring does.
+    """
     device = next(model.parameters()).device
+    precision = resolve_precision(device, True, warn=False)
     model.eval()
-    parts = [
-        model.encode(images[i : i + batch_size].to(device).contiguous(memory_format=torch.channels_last)).float().cpu()
-        for i in range(0, len(images), batch_size)
-    ]
+    parts = []
+    for i in range(0, len(images), batch_size):
+        with precision.autocast():
+            z = model.encode(images[i : i + batch_size].to(device).contiguous(memory_format=torch.channels_last))
+        parts.append(z.float().cpu())
     return torch.cat(parts) if parts else torch.empty(0, model.config.latent_dim)
 
 

@@ -111,3 +111,17 @@ def evaluate(scores: Any, is_anomaly: Any, threshold: float) -> Metrics:
         mean_score_normal=float(s[~y].mean()),
         mean_score_anomaly=float(s[y].mean()),
     )
+
+
+def compare(scores: dict[str, Any], is_anomaly: Any) -> list[dict[str, float | str]]:
+    """ROC-AUC and average precision of each named score, best ROC-AUC first."""
+    y = np.asarray(is_anomaly, dtype=bool)
+    rows = [
+        {
+            "method": name,
+            "roc_auc": float(roc_auc_score(y, np.asarray(s))),
+            "average_precision": float(average_precision_score(y, np.asarray(s))),
+        }
+        for name, s in scores.items()
+    ]
+    return sorted(rows, key=lambda r: -r["roc_auc"])

@@ -66,6 +66,9 @@ class ConvAutoencoder(nn.Module):
             nn.Conv2d(16, c, 3, padding=1),
             nn.Sigmoid(),
         )
+        # channels_last convolutions run several times faster on CPUs (oneDNN) and on
+        # tensor-core GPUs; callers pass channels_last inputs (see train.to_device).
+        self.to(memory_format=torch.channels_last)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Map images ``(B, C, H, W)`` in [0, 1] to latents ``(B, latent_dim)``."""

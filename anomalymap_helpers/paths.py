@@ -61,6 +61,7 @@ class RunFiles:
     loss_plot = property(lambda self: self.root / "training_loss_plot.png")
     scores = property(lambda self: self.root / "reconstruction_errors.csv")
     metrics = property(lambda self: self.root / "metrics.json")
+    comparison = property(lambda self: self.root / "score_comparison.csv")
     histogram = property(lambda self: self.root / "error_histogram.png")
     roc = property(lambda self: self.root / "roc_curve.png")
     pr = property(lambda self: self.root / "pr_curve.png")

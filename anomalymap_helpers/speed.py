@@ -109,7 +109,7 @@ def project_worker(epochs: int, seed: int, data_dir: str, mnist_dir: str | None,
         scored = scoring.score(model, d["test"])
         times.append(time.perf_counter() - t0)
     is_anomaly = d["test_is_anomaly"]
-    pick = torch.cat([data.sample_indices(~is_anomaly, 1000, seed), data.sample_indices(is_anomaly, 1000, seed)])
+    pick = torch.cat([data.sample_indices(~is_anomaly, 500, seed), data.sample_indices(is_anomaly, 500, seed)])
     t0 = time.perf_counter()
     latent.tsne(latent.encode(model, d["test"][pick]), seed=seed)
     tsne_s = time.perf_counter() - t0

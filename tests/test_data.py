@@ -85,3 +85,15 @@ def test_missing_local_file_is_named(mnist_dir: Path, tmp_path: Path) -> None:
 def test_mnist_matches_published_statistics(mnist: data.Mnist) -> None:
     assert torch.bincount(mnist.train_labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert data.to_float(mnist.train_images).mean().item() == pytest.approx(0.1307, abs=1e-4)
+
+
+def test_reader_matches_torchvision(mnist_dir: Path, tmp_path: Path) -> None:
+    import torchvision
+
+    ours = data.load_mnist(tmp_path, str(mnist_dir))
+    for train, images, labels in (
+        (True, ours.train_images, ours.train_labels),
+        (False, ours.test_images, ours.test_labels),
+    ):
+        theirs = torchvision.datasets.MNIST(str(tmp_path), train=train, download=False)
+        assert torch.equal(images, theirs.data) and torch.equal(labels, theirs.targets)

@@ -66,3 +66,10 @@ def test_ruff_on_package_notebooks_and_tests() -> None:
         [ruff, "check", "anomalymap_helpers", "notebooks", "tests"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_notebook_default_score_is_the_package_default() -> None:
+    from anomalymap_helpers.scoring import DEFAULT_METHOD
+
+    evaluation = [p for p in NOTEBOOKS if p.name.startswith("03_")][0]
+    assert declared_parameters(evaluation)["score_method"]["default"].strip("\"'") == DEFAULT_METHOD

@@ -75,3 +75,42 @@ def test_threshold_percentile_outside_0_100_is_refused(bad: object) -> None:
 def test_evaluate_needs_both_kinds() -> None:
     with pytest.raises(ParameterError, match="both normal and anomalous"):
         metrics.evaluate([0.1, 0.2], [False, False], 0.5)
+
+
+def test_topk_is_the_mean_of_the_largest_squared_errors() -> None:
+    maps = torch.rand(3, 1, 28, 28)
+    expected = np.sort(maps.flatten(1).numpy() ** 2, axis=1)[:, -10:].mean(1)
+    np.testing.assert_allclose(scoring.topk_scores(maps, 10).numpy(), expected, rtol=1e-6)
+
+
+def test_ssim_of_constant_images_matches_the_formula() -> None:
+    # For constant images a and b every window has zero variance, so SSIM = (2ab + c1) / (a² + b² + c1).
+    a, b, c1 = 0.2, 0.6, 0.01**2
+    x, y = torch.full((1, 1, 28, 28), a), torch.full((1, 1, 28, 28), b)
+    expected = 1 - (2 * a * b + c1) / (a * a + b * b + c1)
+    # float32 E[x²] - E[x]² leaves a variance of about 1e-8: well inside abs 2e-4.
+    assert scoring.ssim_scores(x, y).item() == pytest.approx(expected, abs=2e-4)
+    noise = torch.rand(2, 1, 28, 28)
+    assert scoring.ssim_scores(noise, noise).abs().max().item() < 1e-5
+
+
+def test_knn_distance_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    ref, q = rng.normal(size=(50, 8)), rng.normal(size=(7, 8))
+    cos = 1 - (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (ref / np.linalg.norm(ref, axis=1, keepdims=True)).T
+    expected = np.sort(cos, axis=1)[:, :3].mean(1)
+    got = scoring.knn_distances(torch.from_numpy(ref), torch.from_numpy(q), k=3, chunk=2)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_scorer_gives_every_method_and_standardises_the_ensemble() -> None:
+    torch.manual_seed(0)
+    model = ConvAutoencoder()
+    train, val = torch.rand(40, 1, 28, 28), torch.rand(20, 1, 28, 28)
+    scorer = scoring.Scorer(model, train, val)
+    on_val = scorer.all_scores(scoring.score(model, val))
+    assert list(on_val) == list(scoring.METHODS)
+    # On the validation normals themselves the standardised ensemble has mean 0.
+    assert on_val["ensemble"].mean().item() == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(ParameterError, match="score_method"):
+        scoring.check_method("psnr")

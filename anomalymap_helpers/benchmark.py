@@ -1,0 +1,186 @@
+"""Detection benchmark over the two standard MNIST protocols.
+
+``python -m anomalymap_helpers benchmark [--protocol leave-one-out|one-class|both]
+[--digits 0 1 ...] [--seeds N] [--out DIR] [--quick]``
+
+- *leave-one-out*: train on the nine other digits; the digit is the anomaly.
+- *one-class*: train on the digit alone; the nine others are anomalies.
+
+Each (protocol, digit, seed) run trains the autoencoder on the standard MNIST
+training images of its normal classes, fits every score method on the normal
+training and validation images, and scores the 10,000 test images. Every choice
+(epochs, method settings, how the ensemble combines) is fixed in advance or
+fitted on validation normals; test labels only measure. Finished runs are
+appended to ``benchmark.csv`` at once, so an interrupted benchmark resumes
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import storage
+from .paths import resolve
+
+PROTOCOLS = ("leave-one-out", "one-class")
+COLUMNS = ["protocol", "digit", "seed", "method", "roc_auc", "average_precision"]
+
+# Published mean ROC-AUC over the ten digits, one-class protocol.
+PUBLISHED_ONE_CLASS = {
+    "Deep SVDD (Ruff et al. 2018)": 0.948,
+    "OCGAN (Perera et al. 2019)": 0.975,
+    "GeoTrans (Golan & El-Yaniv 2018)": 0.980,
+    "ARNet (Fei et al. 2020)": 0.983,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Fixed before any run: epochs per protocol, training batch, kNN and top-k sizes.
+
+    One-class runs see about a ninth of the images, so they get more epochs for a
+    similar number of optimizer steps.
+    """
+
+    epochs_leave_one_out: int = 5
+    epochs_one_class: int = 20
+    batch_size: int = 256
+    k: int = 2
+    topk: int = 10
+
+    def epochs(self, protocol: str) -> int:
+        return self.epochs_leave_one_out if protocol == "leave-one-out" else self.epochs_one_class
+
+
+QUICK = Settings(epochs_leave_one_out=2, epochs_one_class=8)
+
+
+def classes(protocol: str, digit: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(normal_classes, anomaly_classes)`` of one run."""
+    others = tuple(c for c in range(10) if c != digit)
+    return (others, (digit,)) if protocol == "leave-one-out" else ((digit,), others)
+
+
+def _done(path: Path) -> set[tuple[str, int, int]]:
+    if not path.exists():
+        return set()
+    with open(path, newline="") as fh:
+        return {(r["protocol"], int(r["digit"]), int(r["seed"])) for r in csv.DictReader(fh)}
+
+
+def _append(path: Path, rows: list[list[Any]]) -> None:
+    """Rewrite the CSV with ``rows`` added (atomically: a kill never leaves half a run)."""
+    old: list[list[str]] = []
+    if path.exists():
+        with open(path, newline="") as fh:
+            old = list(csv.reader(fh))[1:]
+    storage.write_csv(path, COLUMNS, old + rows)
+
+
+def one_run(
+    mnist: Any, protocol: str, digit: int, seed: int, settings: Settings, device: str = "auto"
+) -> list[list[Any]]:
+    """Train, fit the scorers on normals, score the test set; one row per method."""
+    from . import data, metrics, scoring, train
+
+    normal, anomaly = classes(protocol, digit)
+    config = data.SplitConfig(normal, anomaly, seed=seed)
+    idx = data.make_splits(mnist.train_labels, mnist.test_labels, config)
+    train_x = data.to_float(mnist.train_images[idx["train"]])
+    val_x = data.to_float(mnist.train_images[idx["val"]])
+    test_x = data.to_float(mnist.test_images[idx["test"]])
+    is_anomaly = np.isin(mnist.test_labels[idx["test"]].numpy(), anomaly)
+    cfg = train.TrainConfig(epochs=settings.epochs(protocol), batch_size=settings.batch_size, seed=seed, device=device)
+    model = train.train(train_x, val_x, cfg, progress=False).model
+    scorer = scoring.Scorer(model, train_x, val_x, k=settings.k, topk=settings.topk)
+    rows = []
+    for method, s in scorer.all_scores(scoring.score(model, test_x)).items():
+        m = metrics.evaluate(s.numpy(), is_anomaly, threshold=float("inf"))
+        rows.append([protocol, digit, seed, method, round(m.roc_auc, 6), round(m.average_precision, 6)])
+    return rows
+
+
+def run_benchmark(
+    protocols: tuple[str, ...] = PROTOCOLS,
+    digits: tuple[int, ...] = tuple(range(10)),
+    seeds: int = 3,
+    out: str | os.PathLike[str] = "results/benchmark",
+    *,
+    quick: bool = False,
+    data_dir: str = "data",
+    mnist_dir: str | None = None,
+    device: str = "auto",
+) -> Path:
+    """Run (or resume) the benchmark; print and write the summary. Returns ``benchmark.md``."""
+    import contextlib
+    import io
+
+    from tqdm.auto import tqdm
+
+    from . import data
+
+    settings = QUICK if quick else Settings()
+    folder = resolve(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path = folder / "benchmark.csv"
+    storage.write_json(folder / "settings.json", {"quick": quick, **settings.__dict__})
+    mnist = data.load_mnist(data_dir, mnist_dir)
+    todo = [(p, d, s) for p in protocols for d in digits for s in range(seeds)]
+    done = _done(csv_path)
+    left = [r for r in todo if r not in done]
+    print(f"{len(todo)} runs, {len(todo) - len(left)} already in {csv_path}", flush=True)
+    t0 = time.perf_counter()
+    for protocol, digit, seed in tqdm(left, desc="benchmark runs"):
+        with contextlib.redirect_stdout(io.StringIO()):  # keep the bar readable
+            rows = one_run(mnist, protocol, digit, seed, settings, device)
+        _append(csv_path, rows)
+    minutes = (time.perf_counter() - t0) / 60
+    table = summarize(csv_path, protocols, digits, seeds)
+    md = folder / "benchmark.md"
+    storage.write_text(
+        md, table + f"\n\n{len(left)} runs in {minutes:.1f} min ({'quick' if quick else 'full'} settings: {settings})\n"
+    )
+    print(table)
+    print(f"{len(left)} runs in {minutes:.1f} min; wrote {csv_path} and {md}")
+    return md
+
+
+def summarize(csv_path: Path, protocols: tuple[str, ...], digits: tuple[int, ...], seeds: int) -> str:
+    """Markdown tables: per-digit ROC-AUC (mean ± std over seeds) per method, and their mean."""
+    import pandas as pd
+
+    frame = pd.read_csv(csv_path)
+    frame = frame[frame.protocol.isin(protocols) & frame.digit.isin(digits) & (frame.seed < seeds)]
+    out = []
+    for protocol in protocols:
+        part = frame[frame.protocol == protocol]
+        if part.empty:
+            continue
+        methods = list(dict.fromkeys(part.method))
+        lines = [f"### {protocol}: ROC-AUC, mean ± std over {part.seed.nunique()} seed(s)", ""]
+        lines.append("| digit | " + " | ".join(methods) + " |")
+        lines.append("|---|" + "---:|" * len(methods))
+        for d in sorted(part.digit.unique()):
+            cells = []
+            for m in methods:
+                v = part[(part.digit == d) & (part.method == m)].roc_auc
+                cells.append(f"{v.mean():.3f} ± {v.std(ddof=0):.3f}")
+            lines.append(f"| {d} | " + " | ".join(cells) + " |")
+        # The mean over digits per seed, then mean ± std of that over seeds.
+        per_seed = part.groupby(["method", "seed"]).roc_auc.mean().groupby("method")
+        lines.append(
+            "| **mean** | "
+            + " | ".join(f"**{per_seed.mean()[m]:.3f}** ± {per_seed.std(ddof=0)[m]:.3f}" for m in methods)
+            + " |"
+        )
+        ap = part.groupby("method").average_precision.mean()
+        lines.append("| mean AP | " + " | ".join(f"{ap[m]:.3f}" for m in methods) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
