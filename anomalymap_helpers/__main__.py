@@ -52,6 +52,20 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _latency(args: argparse.Namespace) -> int:
+    import json
+
+    from . import storage
+    from .explorer import from_run, measure_latency
+    from .paths import RunFiles
+
+    files = RunFiles.at(args.results)
+    result = {"moves": args.moves, **measure_latency(from_run(files, mnist_dir=args.mnist_dir), args.moves)}
+    print(json.dumps(result, indent=2))
+    storage.write_json(files.root / "explorer_latency.json", result)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m anomalymap_helpers", description=__doc__)
@@ -80,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--mnist-dir", default=None, help="local MNIST folder (default $ANOMALYMAP_MNIST_DIR)")
     bench.add_argument("--device", default="auto")
     bench.set_defaults(func=_benchmark)
+    lat = sub.add_parser("explorer-latency", help="milliseconds from a slider move to the redrawn explorer view")
+    lat.add_argument("--results", default="results/default", metavar="DIR", help="a run folder made by notebooks 01-03")
+    lat.add_argument("--moves", type=int, default=40)
+    lat.add_argument("--mnist-dir", default=None)
+    lat.set_defaults(func=_latency)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

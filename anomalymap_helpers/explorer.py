@@ -22,6 +22,11 @@ from .errors import ParameterError
 from .scoring import Scored
 
 SUBSETS = {"all": "all test images", "normal": "normal images", "anomaly": "anomalies"}
+GALLERIES = {
+    "top": "most anomalous",
+    "missed": "missed anomalies (most normal-looking)",
+    "false-alarm": "false alarms (most anomalous normals)",
+}
 
 
 class Explorer:
@@ -63,6 +68,7 @@ class Explorer:
         self.subset = "all"
         self.position = 0
         self._widget: Any = None
+        self.score_name = "score"
 
     # ------------------------------------------------------------------ the view
 
@@ -95,7 +101,7 @@ class Explorer:
         sign = ">" if verdict == "anomaly" else "<="
         mark = "correct" if verdict == truth else "wrong"
         return (
-            f"test image #{self.indices[i]} (digit {self.labels[i]}, {truth}): score {self.scores[i]:.5f} "
+            f"test image #{self.indices[i]} (digit {self.labels[i]}, {truth}): {self.score_name} {self.scores[i]:.5f} "
             f"{sign} threshold {t:.5f} -> {verdict} ({mark})"
         )
 
@@ -120,6 +126,64 @@ class Explorer:
         """The view of :meth:`figure` as PNG bytes."""
         buf = io.BytesIO()
         self.figure(i, threshold, scale).savefig(buf, format="png", dpi=90)
+        return buf.getvalue()
+
+    def gallery(self, kind: str, n: int = 8, threshold: float | None = None) -> np.ndarray:
+        """Positions of up to ``n`` images of a gallery at ``threshold``.
+
+        ``"top"``: the highest scores; ``"missed"``: anomalies at or under the
+        threshold, lowest score first (the anomalies that look most normal);
+        ``"false-alarm"``: normals above it, highest score first.
+        """
+        t = self.threshold if threshold is None else threshold
+        if kind == "top":
+            return np.argsort(-self.scores, kind="stable")[:n]
+        if kind == "missed":
+            where = np.flatnonzero(self.is_anomaly & (self.scores <= t))
+            return where[np.argsort(self.scores[where], kind="stable")][:n]
+        if kind == "false-alarm":
+            where = np.flatnonzero(~self.is_anomaly & (self.scores > t))
+            return where[np.argsort(-self.scores[where], kind="stable")][:n]
+        raise ParameterError(f"gallery={kind!r}: use one of {list(GALLERIES)}")
+
+    def confusion(self, threshold: float | None = None) -> dict[str, int]:
+        """Counts at ``threshold``: ``tp, fp, tn, fn`` (anomalies are positive)."""
+        t = self.threshold if threshold is None else threshold
+        called = self.scores > t
+        y = self.is_anomaly
+        return {
+            "tp": int((called & y).sum()),
+            "fp": int((called & ~y).sum()),
+            "tn": int((~called & ~y).sum()),
+            "fn": int((~called & y).sum()),
+        }
+
+    def map_range(self, i: int | None = None, scale: str | None = None) -> tuple[float, float]:
+        """The colour range ``(0, top)`` of image ``i``'s map under ``scale``."""
+        i = self.current() if i is None else i
+        if (scale or self.scale) == "global":
+            return 0.0, self.global_max
+        return 0.0, max(float(self.maps[i].max()), 1e-6)
+
+    def thumbnails(self, positions: np.ndarray, zoom: int = 3) -> bytes:
+        """A PNG strip of the given images, each framed red (anomaly) or blue (normal).
+
+        Drawn with NumPy and Pillow, not matplotlib, so a gallery redraws in milliseconds.
+        """
+        from PIL import Image
+
+        h, w = self.images.shape[1:]
+        pad = 2
+        tile_w = w * zoom + 2 * pad
+        strip = np.full((h * zoom + 2 * pad, max(1, len(positions)) * (tile_w + 4), 3), 255, np.uint8)
+        for k, i in enumerate(positions):
+            color = (196, 78, 82) if self.is_anomaly[i] else (76, 114, 176)
+            x0 = k * (tile_w + 4)
+            strip[:, x0 : x0 + tile_w] = color
+            gray = (np.kron(self.images[i], np.ones((zoom, zoom))) * 255).astype(np.uint8)
+            strip[pad : pad + h * zoom, x0 + pad : x0 + pad + w * zoom] = gray[..., None]
+        buf = io.BytesIO()
+        Image.fromarray(strip).save(buf, format="PNG")
         return buf.getvalue()
 
     # ------------------------------------------------------------------ headless output
@@ -153,7 +217,7 @@ class Explorer:
             self._widget = self._build()
         return self._widget
 
-    def _build(self) -> Any:
+    def _build(self, gallery_size: int = 8) -> Any:
         import ipywidgets as w
 
         lo, hi = float(self.scores.min()), float(self.scores.max())
@@ -183,6 +247,24 @@ class Explorer:
         scale = w.ToggleButtons(options=list(plotting.SCALES), value=self.scale, description="colour scale")
         view = w.Image(format="png")
         status = w.HTML()
+        confusion = w.HTML()
+        kind = w.Dropdown(options=[(v, k) for k, v in GALLERIES.items()], value="top", description="gallery")
+        strip = w.Image(format="png")
+        picks = w.ToggleButtons(options=[], description="open", style={"button_width": "84px"})
+        shown: list[int] = []
+        for name, widget in (
+            ("subset", subset),
+            ("image", image),
+            ("threshold", threshold),
+            ("scale", scale),
+            ("view", view),
+            ("status", status),
+            ("confusion", confusion),
+            ("gallery", kind),
+            ("gallery-strip", strip),
+            ("gallery-open", picks),
+        ):
+            widget.add_class(f"anomalymap-{name}")
 
         def redraw(*_: Any) -> None:
             self.subset, self.position = subset.value, image.value
@@ -191,18 +273,89 @@ class Explorer:
             view.value = self.png(i)
             verdict = self.verdict(i)
             color = plotting.ANOMALY_COLOR if verdict == "anomaly" else plotting.NORMAL_COLOR
-            status.value = f"<b style='color:{color}'>{verdict.upper()}</b> &nbsp; {self.caption(i)}"
+            top = self.map_range(i)[1]
+            status.value = (
+                f"<b style='color:{color}'>{verdict.upper()}</b> &nbsp; {self.caption(i)}"
+                f"<br><span class='anomalymap-range'>map colour range 0 to {top:.4f} ({self.scale})</span>"
+            )
+
+        def recount(*_: Any) -> None:
+            c = self.confusion(threshold.value)
+            precision = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else 0.0
+            recall = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 0.0
+            confusion.value = (
+                "<table class='anomalymap-confusion' style='border-collapse:collapse'>"
+                "<tr><th></th><th>called normal</th><th>called anomaly</th></tr>"
+                f"<tr><th>normal</th><td>{c['tn']:,}</td><td>{c['fp']:,}</td></tr>"
+                f"<tr><th>anomaly</th><td>{c['fn']:,}</td><td>{c['tp']:,}</td></tr></table>"
+                f"precision {precision:.3f} &middot; recall {recall:.3f}"
+            )
+
+        def regallery(*_: Any) -> None:
+            shown[:] = [int(i) for i in self.gallery(kind.value, gallery_size, threshold.value)]
+            strip.value = self.thumbnails(np.array(shown, dtype=int))
+            picks.unobserve(open_pick, names="value")
+            picks.options = [(f"{k + 1}: {self.labels[i]}", k) for k, i in enumerate(shown)]
+            picks.value = None
+            picks.observe(open_pick, names="value")
+
+        def open_pick(change: Any) -> None:
+            if change["new"] is None:
+                return
+            target = shown[change["new"]]
+            if subset.value != "all":
+                subset.value = "all"  # on_subset resets the slider; then jump
+            image.value = target
 
         def on_subset(_: Any) -> None:
             image.max = len(self.positions(subset.value)) - 1
             image.value = 0
             redraw()
 
+        def on_threshold(_: Any) -> None:
+            redraw()
+            recount()
+            if kind.value != "top":
+                regallery()
+
         subset.observe(on_subset, names="value")
-        for control in (image, threshold, scale):
-            control.observe(redraw, names="value")
+        image.observe(redraw, names="value")
+        scale.observe(redraw, names="value")
+        threshold.observe(on_threshold, names="value")
+        kind.observe(regallery, names="value")
+        picks.observe(open_pick, names="value")
         redraw()
-        return w.VBox([w.HBox([subset, image]), w.HBox([threshold, scale]), status, view])
+        recount()
+        regallery()
+        self._controls = {
+            "subset": subset,
+            "image": image,
+            "threshold": threshold,
+            "scale": scale,
+            "view": view,
+            "status": status,
+            "confusion": confusion,
+            "gallery": kind,
+            "strip": strip,
+            "picks": picks,
+        }
+        return w.VBox(
+            [
+                w.HBox([subset, image]),
+                w.HBox([threshold, scale]),
+                status,
+                view,
+                w.HBox([confusion]),
+                kind,
+                strip,
+                picks,
+            ]
+        )
+
+    def controls(self) -> dict[str, Any]:
+        """The explorer's widgets by name (built on first use)."""
+        self.widget()
+        return self._controls
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         """The widget where a front end renders widgets; a PNG of the same view elsewhere."""
@@ -221,3 +374,57 @@ def _plain(x: Any) -> np.ndarray:
     """``(N, 1, H, W)`` tensor or array to ``(N, H, W)`` float32 NumPy."""
     a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     return a.reshape(len(a), *a.shape[-2:]).astype(np.float32, copy=False)
+
+
+def from_run(
+    files: Any, *, data_dir: str = "data", mnist_dir: str | None = None, device: str = "auto", scale: str = "per-image"
+) -> Explorer:
+    """The explorer of a run folder: its test split, model, scores and threshold (notebooks 01-03)."""
+    from . import checkpoint, data, scoring, storage
+    from .device import resolve_device
+
+    splits, _ = data.load_splits(files, data_dir=data_dir, mnist_dir=mnist_dir)
+    model = checkpoint.load_model(files.require(files.model, "02_training"), device=resolve_device(device))
+    evaluation = storage.read_json(files.require(files.metrics, "03_evaluation"))
+    indices, scores = scoring.read_scores(files.require(files.scores, "03_evaluation"), "test")
+    test = splits["test"]
+    if not torch.equal(indices, test.indices):
+        raise ParameterError(f"the scores in {files.scores} are of other splits: run notebook 03_evaluation again")
+    scored = scoring.score(model, test.images)  # reconstructions and maps, computed once
+    explorer = Explorer(
+        scored, test.labels, test.is_anomaly, evaluation["threshold"], scores=scores, indices=test.indices, scale=scale
+    )
+    explorer.score_name = evaluation.get("score", "mse")
+    return explorer
+
+
+def measure_latency(explorer: Explorer, moves: int = 40) -> dict[str, float]:
+    """Median and 90th-percentile milliseconds from a control's new value to the redrawn view.
+
+    ipywidgets call observers synchronously in the kernel, so setting a value
+    runs the same code a slider move in the browser does (less the round trip).
+    """
+    import time
+
+    c = explorer.controls()
+    n = c["image"].max + 1
+    lo, hi = c["threshold"].min, c["threshold"].max
+    log = hasattr(c["threshold"], "base")
+    values = {
+        "image": [(k * 7919) % n for k in range(1, moves + 1)],
+        "threshold": [
+            (10 ** (lo + (hi - lo) * ((k * 0.37) % 1)) if log else lo + (hi - lo) * ((k * 0.37) % 1))
+            for k in range(moves)
+        ],
+        "scale": [plotting.SCALES[k % 2] for k in range(1, moves + 1)],
+    }
+    out: dict[str, float] = {}
+    for name, seq in values.items():
+        times = []
+        for v in seq:
+            t0 = time.perf_counter()
+            c[name].value = v
+            times.append((time.perf_counter() - t0) * 1000)
+        out[f"{name}_median_ms"] = float(np.median(times))
+        out[f"{name}_p90_ms"] = float(np.percentile(times, 90))
+    return out

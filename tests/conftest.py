@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,26 @@ def small_normals(mnist: data.Mnist) -> tuple[torch.Tensor, torch.Tensor]:
         mnist.train_labels, mnist.test_labels, data.SplitConfig(max_train=1200, val_fraction=1 / 6)
     )
     return data.to_float(mnist.train_images[splits["train"]]), data.to_float(mnist.train_images[splits["val"]])
+
+
+SMALL = {"max_train": 10000, "max_test": 1000, "epochs": 1, "batch_size": 64, "tsne_samples": 150, "n_heatmaps": 4}
+NAMES = ["01_data.ipynb", "02_training.ipynb", "03_evaluation.ipynb", "04_explorer.ipynb", "05_latent.ipynb"]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("series-data")
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path, data_dir: Path) -> Path:
+    """A run folder made by the five notebooks through the runner, with small parameters."""
+    out = tmp_path_factory.mktemp("run")
+    args = [sys.executable, "-m", "anomalymap_helpers", "run", "--results", str(out)]
+    for name, value in {**SMALL, "mnist_dir": str(mnist_dir), "data_dir": str(data_dir)}.items():
+        args += ["-p", name, str(value)]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in NAMES:
+        assert f"{name} done in" in proc.stdout
+    return out

@@ -32,24 +32,50 @@ def test_threshold_flips_the_verdict(explorer: Explorer) -> None:
 
 def test_widgets_drive_the_view(explorer: Explorer) -> None:
     pytest.importorskip("ipywidgets")
-    box = explorer.widget()
-    (subset, image), (threshold, scale), status, view = (
-        box.children[0].children,
-        box.children[1].children,
-        *box.children[2:],
-    )
-    first = view.value
-    image.value = 1
-    assert view.value != first and explorer.current() == 1
-    subset.value = "anomaly"
-    assert explorer.current() == 3 and image.max == 2
+    c = explorer.controls()
+    first = c["view"].value
+    c["image"].value = 1
+    assert c["view"].value != first and explorer.current() == 1
+    c["subset"].value = "anomaly"
+    assert explorer.current() == 3 and c["image"].max == 2
     s = explorer.scores[3]
-    threshold.value = s * 0.9
-    assert "ANOMALY" in status.value
-    threshold.value = s * 1.1
-    assert "NORMAL" in status.value
-    scale.value = "global"
-    assert explorer.scale == "global"
+    c["threshold"].value = s * 0.9
+    assert "ANOMALY" in c["status"].value
+    c["threshold"].value = s * 1.1
+    assert "NORMAL" in c["status"].value
+    per_image = c["status"].value
+    c["scale"].value = "global"
+    assert explorer.scale == "global" and c["status"].value != per_image
+    assert f"0 to {explorer.global_max:.4f} (global)" in c["status"].value
+
+
+def test_confusion_follows_the_threshold(explorer: Explorer) -> None:
+    c = explorer.controls()
+    n_normal = int((~explorer.is_anomaly).sum())
+    assert explorer.confusion(float(explorer.scores.min()) * 0.99)["fp"] == n_normal
+    assert explorer.confusion(float(explorer.scores.max()))["tp"] == 0
+    before = c["confusion"].value
+    c["threshold"].value = float(np.quantile(explorer.scores, 0.25))
+    counts = explorer.confusion(c["threshold"].value)
+    assert c["confusion"].value != before
+    assert f"<td>{counts['tn']:,}</td><td>{counts['fp']:,}</td>" in c["confusion"].value
+
+
+def test_galleries_and_opening_a_pick(explorer: Explorer) -> None:
+    t = float(np.median(explorer.scores))
+    top = explorer.gallery("top", 3)
+    assert list(explorer.scores[top]) == sorted(explorer.scores, reverse=True)[:3]
+    missed = explorer.gallery("missed", 8, t)
+    assert all(explorer.is_anomaly[missed]) and all(explorer.scores[missed] <= t)
+    assert list(explorer.scores[missed]) == sorted(explorer.scores[missed])
+    alarms = explorer.gallery("false-alarm", 8, t)
+    assert not any(explorer.is_anomaly[alarms]) and all(explorer.scores[alarms] > t)
+    c = explorer.controls()
+    c["subset"].value = "normal"
+    c["picks"].value = 1  # the second most anomalous image
+    assert explorer.subset == "all" and explorer.current() == top[1]
+    c["gallery"].value = "missed"
+    assert c["strip"].value[:4] == b"\x89PNG"
 
 
 def test_static_fallback_is_in_the_mime_bundle(explorer: Explorer) -> None:

@@ -14,23 +14,7 @@ import pytest
 from anomalymap_helpers.__main__ import main
 from anomalymap_helpers.run import SeriesError, run_series, series
 
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"max_train": 10000, "max_test": 1000, "epochs": 1, "batch_size": 64, "tsne_samples": 150, "n_heatmaps": 4}
-NAMES = ["01_data.ipynb", "02_training.ipynb", "03_evaluation.ipynb", "04_explorer.ipynb", "05_latent.ipynb"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    args = [sys.executable, "-m", "anomalymap_helpers", "run", "--results", str(out)]
-    params = {**SMALL, "mnist_dir": str(mnist_dir), "data_dir": str(tmp_path_factory.mktemp("data"))}
-    for name, value in params.items():
-        args += ["-p", name, str(value)]
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    for name in NAMES:
-        assert f"{name} done in" in proc.stdout
-    return out
+from .conftest import NAMES, ROOT, SMALL
 
 
 def test_series_writes_every_output(run_dir: Path) -> None:
