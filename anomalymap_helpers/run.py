@@ -100,6 +100,10 @@ def validate(params: dict[str, Any]) -> None:
         resolve_device(params["device"])
     if "threshold_percentile" in params:
         check_percentile(params["threshold_percentile"])
+    if params.get("mnist_dir"):
+        from .data import check_mnist_dir
+
+        check_mnist_dir(params["mnist_dir"])
 
 
 def run_series(

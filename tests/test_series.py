@@ -97,4 +97,6 @@ def test_unknown_or_bad_parameters_fail_before_any_work(tmp_path: Path, capsys: 
     assert main(["run", "-p", "anomaly_classes", "[0, 9]", "--results", str(results)]) == 2
     assert "are in both" in capsys.readouterr().err
     assert main(["run", "-p", "threshold_percentile", "100", "--results", str(results)]) == 2
+    assert main(["run", "-p", "mnist_dir", str(tmp_path), "--results", str(results)]) == 1
+    assert "train-images-idx3-ubyte.gz (or train-images-idx3-ubyte) is missing" in capsys.readouterr().err
     assert not results.exists()
