@@ -107,3 +107,16 @@ def test_encoder_equals_the_conv_relu_maxpool_order() -> None:
     ga = torch.autograd.grad(a.square().sum(), e[0].weight)[0]
     gb = torch.autograd.grad(original(x).square().sum(), e[0].weight)[0]
     torch.testing.assert_close(ga, gb, rtol=0, atol=0)
+
+
+def test_speed_reference_model_is_the_same_function() -> None:
+    from anomalymap_helpers.speed import original_model
+
+    torch.manual_seed(0)
+    model = ConvAutoencoder()
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x)
+        reference = original_model(model)
+        assert reference.encoder[0].weight.is_contiguous()
+        torch.testing.assert_close(reference(x), expected)
