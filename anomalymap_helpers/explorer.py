@@ -199,7 +199,10 @@ class Explorer:
         return np.concatenate(picks).astype(int)
 
     def save_samples(self, folder: str | Path, n: int = 8, *, seed: int = 0) -> list[Path]:
-        """Save ``n`` views as ``folder/sample_NN_<digit>_<verdict>.png`` (atomically)."""
+        """Save ``n`` views as ``folder/sample_NN_<digit>_<verdict>.png`` (atomically).
+
+        Samples an earlier run left in ``folder`` are removed once the new ones are written.
+        """
         if not isinstance(n, int) or n < 1:
             raise ParameterError(f"n_heatmaps={n!r}: use a whole number of at least 1")
         out = []
@@ -207,6 +210,8 @@ class Explorer:
             path = Path(folder) / f"sample_{k:02d}_digit{self.labels[i]}_called-{self.verdict(i)}.png"
             storage.save_figure(self.figure(int(i)), path, dpi=90)
             out.append(path)
+        for stale in set(Path(folder).glob("sample_*.png")) - set(out):  # from an earlier run of 04
+            stale.unlink()
         return out
 
     # ------------------------------------------------------------------ widgets

@@ -24,7 +24,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from .conftest import ROOT
+from .conftest import ROOT, SMALL
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -58,7 +58,7 @@ def lab(run_dir: Path, mnist_dir: Path, data_dir: Path, tmp_path_factory: pytest
             f"results_dir: str = {json.dumps(str(run_dir))}",
             f"data_dir: str = {json.dumps(str(data_dir))}",
             f"mnist_dir: str = {json.dumps(str(mnist_dir))}",
-            "n_heatmaps: int = 2",
+            f"n_heatmaps: int = {SMALL['n_heatmaps']}",
             'heatmap_scale: str = "per-image"',
             "seed: int = 0",
             'device: str = "cpu"',

@@ -96,3 +96,5 @@ def test_save_samples_writes_pngs(explorer: Explorer, tmp_path: Path) -> None:
     paths = explorer.save_samples(tmp_path, 4, seed=0)
     assert len(paths) == 4 and all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
     assert sum("digit9" in p.name for p in paths) == 2
+    fewer = explorer.save_samples(tmp_path, 2, seed=1)
+    assert sorted(tmp_path.glob("sample_*.png")) == sorted(fewer)
