@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from . import storage
 from .paths import resolve
 
@@ -92,11 +90,9 @@ def one_run(
 
     normal, anomaly = classes(protocol, digit)
     config = data.SplitConfig(normal, anomaly, seed=seed)
-    idx = data.make_splits(mnist.train_labels, mnist.test_labels, config)
-    train_x = data.to_float(mnist.train_images[idx["train"]])
-    val_x = data.to_float(mnist.train_images[idx["val"]])
-    test_x = data.to_float(mnist.test_images[idx["test"]])
-    is_anomaly = np.isin(mnist.test_labels[idx["test"]].numpy(), anomaly)
+    splits = data.take(mnist, data.make_splits(mnist.train_labels, mnist.test_labels, config), anomaly)
+    train_x, val_x, test_x = (splits[k].images for k in ("train", "val", "test"))
+    is_anomaly = splits["test"].is_anomaly.numpy()
     cfg = train.TrainConfig(epochs=settings.epochs(protocol), batch_size=settings.batch_size, seed=seed, device=device)
     model = train.train(train_x, val_x, cfg, progress=False).model
     scorer = scoring.Scorer(model, train_x, val_x, k=settings.k, topk=settings.topk)

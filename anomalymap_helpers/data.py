@@ -367,15 +367,22 @@ def load_splits(
             f"the MNIST files in {resolve(data_dir)} differ from those the splits in {files.root} were "
             "made from: run notebook 01_data again"
         )
-    anomaly = torch.tensor(manifest["config"]["anomaly_classes"])
+    return take(mnist, idx, manifest["config"]["anomaly_classes"]), manifest
+
+
+def take(mnist: Mnist, indices: dict[str, torch.Tensor], anomaly_classes: Iterable[int]) -> dict[str, Split]:
+    """The images of each split chosen by :func:`make_splits`, ready for the model.
+
+    ``"test"`` indexes the MNIST test set; every other split the training set.
+    """
+    anomaly = torch.tensor(list(anomaly_classes))
     out = {}
-    for name in ("train", "val", "test"):
+    for name, i in indices.items():
         images, labels = (
             (mnist.test_images, mnist.test_labels) if name == "test" else (mnist.train_images, mnist.train_labels)
         )
-        i = idx[name]
         out[name] = Split(to_float(images[i]), labels[i], i, torch.isin(labels[i], anomaly))
-    return out, manifest
+    return out
 
 
 def sample_indices(mask: torch.Tensor, cap: int | None, seed: int) -> torch.Tensor:

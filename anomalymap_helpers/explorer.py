@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from . import plotting, storage
+from . import metrics, plotting, storage
 from .errors import ParameterError
 from .scoring import Scored
 
@@ -38,6 +38,7 @@ class Explorer:
         is_anomaly: ``(N,)`` bool.
         threshold: Scores above it are called anomalies.
         scores: ``(N,)`` scores to show and threshold; default the MSE of ``scored``.
+        score_name: What the scores are (e.g. ``"latent-knn"``), shown in captions.
         indices: ``(N,)`` positions in the source dataset, shown in titles.
         scale: ``"per-image"`` or ``"global"`` colour scale of the map.
     """
@@ -50,6 +51,7 @@ class Explorer:
         threshold: float,
         *,
         scores: Any = None,
+        score_name: str = "score",
         indices: Any = None,
         scale: str = "per-image",
     ) -> None:
@@ -68,7 +70,7 @@ class Explorer:
         self.subset = "all"
         self.position = 0
         self._widget: Any = None
-        self.score_name = "score"
+        self.score_name = score_name
 
     # ------------------------------------------------------------------ the view
 
@@ -148,15 +150,10 @@ class Explorer:
 
     def confusion(self, threshold: float | None = None) -> dict[str, int]:
         """Counts at ``threshold``: ``tp, fp, tn, fn`` (anomalies are positive)."""
-        t = self.threshold if threshold is None else threshold
-        called = self.scores > t
-        y = self.is_anomaly
-        return {
-            "tp": int((called & y).sum()),
-            "fp": int((called & ~y).sum()),
-            "tn": int((~called & ~y).sum()),
-            "fn": int((~called & y).sum()),
-        }
+        tp, fp, tn, fn = metrics.confusion(
+            self.scores, self.is_anomaly, self.threshold if threshold is None else threshold
+        )
+        return {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
 
     def map_range(self, i: int | None = None, scale: str | None = None) -> tuple[float, float]:
         """The colour range ``(0, top)`` of image ``i``'s map under ``scale``."""
@@ -396,11 +393,16 @@ def from_run(
     if not torch.equal(indices, test.indices):
         raise ParameterError(f"the scores in {files.scores} are of other splits: run notebook 03_evaluation again")
     scored = scoring.score(model, test.images)  # reconstructions and maps, computed once
-    explorer = Explorer(
-        scored, test.labels, test.is_anomaly, evaluation["threshold"], scores=scores, indices=test.indices, scale=scale
+    return Explorer(
+        scored,
+        test.labels,
+        test.is_anomaly,
+        evaluation["threshold"],
+        scores=scores,
+        score_name=evaluation.get("score", "mse"),
+        indices=test.indices,
+        scale=scale,
     )
-    explorer.score_name = evaluation.get("score", "mse")
-    return explorer
 
 
 def measure_latency(explorer: Explorer, moves: int = 40) -> dict[str, float]:

@@ -36,15 +36,8 @@ def _data(data_dir: str, mnist_dir: str | None, max_train: int | None) -> dict[s
     from . import data
 
     mnist = data.load_mnist(data_dir, mnist_dir)
-    splits = data.make_splits(mnist.train_labels, mnist.test_labels, data.SplitConfig(max_train=max_train))
-    test_labels = mnist.test_labels[splits["test"]]
-    return {
-        "train": data.to_float(mnist.train_images[splits["train"]]),
-        "val": data.to_float(mnist.train_images[splits["val"]]),
-        "test": data.to_float(mnist.test_images[splits["test"]]),
-        "test_labels": test_labels,
-        "test_is_anomaly": test_labels == 9,
-    }
+    config = data.SplitConfig(max_train=max_train)
+    return data.take(mnist, data.make_splits(mnist.train_labels, mnist.test_labels, config), config.anomaly_classes)
 
 
 def _peak_rss_mb() -> float:
@@ -78,7 +71,7 @@ def reference_worker(epochs: int, seed: int, data_dir: str, mnist_dir: str | Non
     torch.manual_seed(seed)
     model = original_model(ConvAutoencoder())
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = DataLoader(TensorDataset(d["train"]), batch_size=256, shuffle=True)
+    loader = DataLoader(TensorDataset(d["train"].images), batch_size=256, shuffle=True)
     criterion = torch.nn.MSELoss()
     rates = []
     for _ in range(epochs):
@@ -89,18 +82,18 @@ def reference_worker(epochs: int, seed: int, data_dir: str, mnist_dir: str | Non
             loss = criterion(model(batch), batch)
             loss.backward()
             optimizer.step()
-        rates.append(len(d["train"]) / (time.perf_counter() - t0))
+        rates.append(len(d["train"].images) / (time.perf_counter() - t0))
     model.eval()
     with torch.no_grad():
-        val = torch.cat([model(b) for b in d["val"].split(1024)])
-        val_loss = float(((val - d["val"]) ** 2).mean())
-        recon = torch.cat([model(b) for b in d["test"].split(1024)])
-    scores = ((recon - d["test"]) ** 2).flatten(1).mean(1)
+        val = torch.cat([model(b) for b in d["val"].images.split(1024)])
+        val_loss = float(((val - d["val"].images) ** 2).mean())
+        recon = torch.cat([model(b) for b in d["test"].images.split(1024)])
+    scores = ((recon - d["test"].images) ** 2).flatten(1).mean(1)
     return {
         "train_images_per_s": statistics.median(rates),
         "epoch_images_per_s": rates,
         "val_loss": val_loss,
-        "roc_auc": _roc_auc(scores, d["test_is_anomaly"]),
+        "roc_auc": _roc_auc(scores, d["test"].is_anomaly),
         "peak_rss_mb": _peak_rss_mb(),
         "precision": "fp32",
     }
@@ -111,18 +104,20 @@ def project_worker(epochs: int, seed: int, data_dir: str, mnist_dir: str | None,
     from . import data, latent, scoring, train
 
     d = _data(data_dir, mnist_dir, max_train)
-    result = train.train(d["train"], d["val"], train.TrainConfig(epochs=epochs, seed=seed), progress=False)
+    result = train.train(
+        d["train"].images, d["val"].images, train.TrainConfig(epochs=epochs, seed=seed), progress=False
+    )
     model = result.model
-    scoring.score(model, d["test"][:2048])  # warm-up
+    scoring.score(model, d["test"].images[:2048])  # warm-up
     times = []
     for _ in range(5):
         t0 = time.perf_counter()
-        scored = scoring.score(model, d["test"])
+        scored = scoring.score(model, d["test"].images)
         times.append(time.perf_counter() - t0)
-    is_anomaly = d["test_is_anomaly"]
+    is_anomaly = d["test"].is_anomaly
     pick = torch.cat([data.sample_indices(~is_anomaly, 500, seed), data.sample_indices(is_anomaly, 500, seed)])
     t0 = time.perf_counter()
-    latent.tsne(latent.encode(model, d["test"][pick]), seed=seed)
+    latent.tsne(latent.encode(model, d["test"].images[pick]), seed=seed)
     tsne_s = time.perf_counter() - t0
     rates = [h["images_per_s"] for h in result.history]
     return {
@@ -133,7 +128,7 @@ def project_worker(epochs: int, seed: int, data_dir: str, mnist_dir: str | None,
         "peak_rss_mb": _peak_rss_mb(),
         "precision": result.precision.name,
         "device": str(result.device),
-        "scoring_images_per_s": len(d["test"]) / statistics.median(times),
+        "scoring_images_per_s": len(d["test"].images) / statistics.median(times),
         "tsne_seconds": tsne_s,
         "tsne_points": len(pick),
     }
