@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ARCHITECTURE = "conv-ae-v1"
@@ -33,10 +34,22 @@ class ConvAutoencoder(nn.Module):
     Decoder: Linear, reshape, ConvTranspose-ReLU x2, Conv, Sigmoid, so the
     reconstruction lies in [0, 1] like the input.
 
-    Each encoder block runs MaxPool before ReLU: ReLU is monotonic, so
-    ``relu(maxpool(x)) == maxpool(relu(x))`` exactly (values and gradients),
-    and the ReLU then touches a quarter of the pixels. The parameter names
-    are those of the Conv-ReLU-MaxPool order.
+    The layers and parameter names are those of the original design; the forward
+    pass computes the same function in a cheaper way (same values up to float
+    rounding, same gradients; ``tests/test_model_checkpoint.py`` checks both
+    against the plain layers):
+
+    - each encoder block runs MaxPool before ReLU: ReLU is monotonic, so
+      ``relu(maxpool(x)) == maxpool(relu(x))`` exactly, and the ReLU touches a
+      quarter of the pixels;
+    - activations stay channels_last (NHWC); the two Linear layers take and give
+      that order directly, their weights permuted to match, so no copy is made;
+    - a ConvTranspose with kernel 2 and stride 2 maps each input pixel to its own
+      2x2 output block, which is one matrix product per pixel. The decoder does
+      both as matrix products and rearranges the 4x4 blocks into the image once;
+    - the last Conv (16 channels to ``channels``) runs as the transposed
+      convolution with the flipped kernel, which oneDNN computes several times
+      faster than a convolution with one output channel.
     """
 
     def __init__(self, config: ModelConfig | None = None) -> None:
@@ -72,13 +85,57 @@ class ConvAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Map images ``(B, C, H, W)`` in [0, 1] to latents ``(B, latent_dim)``."""
-        return self.encoder(x)
+        h = self.encoder[:6](x)  # (B, 64, g, g), channels_last
+        fc = self.encoder[7]
+        g = self._grid
+        # Flatten in the NHWC order the memory already has; permute the weight's columns
+        # from the original (c, h, w) order to (h, w, c) to match.
+        w = fc.weight.view(-1, 64, g * g).transpose(1, 2).reshape(fc.weight.shape)
+        return F.linear(h.permute(0, 2, 3, 1).reshape(len(h), -1), w, fc.bias)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Map latents ``(B, latent_dim)`` to images ``(B, C, H, W)`` in [0, 1]."""
-        h = self.decoder_fc(z).view(-1, 64, self._grid, self._grid)
-        return self.decoder(h)
+        b, g = len(z), self._grid
+        fc, up1, up2, out = self.decoder_fc, self.decoder[0], self.decoder[2], self.decoder[4]
+        # decoder_fc with its rows in (h, w, c) order: its output is the (B, g, g, 64) image.
+        w = fc.weight.view(64, g * g, -1).transpose(0, 1).reshape(fc.weight.shape)
+        bias = fc.bias.view(64, g * g).t().reshape(-1)
+        h = F.linear(z, w, bias).view(b * g * g, 64)
+        # ConvTranspose(k=2, s=2): pixel (i, j) -> block (2i+p, 2j+q); weight (in, out, p, q).
+        h = F.relu(F.linear(h, up1.weight.permute(2, 3, 1, 0).reshape(-1, 64), up1.bias.repeat(4)))
+        h = F.linear(h.view(-1, 32), up2.weight.permute(2, 3, 1, 0).reshape(-1, 32), up2.bias.repeat(4))
+        # h is (B, i, j, p1, q1, p2, q2, 16); output row 4i + 2p1 + p2, column 4j + 2q1 + q2.
+        s = 4 * g
+        h = h.view(b, g, g, 2, 2, 2, 2, 16).permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, s, s, 16)
+        h = F.relu(h).permute(0, 3, 1, 2)  # (B, 16, s, s), channels_last
+        # Conv2d(16, C, 3, padding=1) == ConvTranspose2d with the flipped, transposed kernel.
+        w = out.weight.flip(2, 3).transpose(0, 1).contiguous(memory_format=torch.channels_last)
+        return torch.sigmoid(F.conv_transpose2d(h, w, out.bias, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruct images ``(B, C, H, W)``; same shape out."""
         return self.decode(self.encode(x))
+
+
+class ReferenceAutoencoder(nn.Module):
+    """The original design's forward pass over a :class:`ConvAutoencoder`'s own layers.
+
+    Conv-ReLU-MaxPool blocks, Flatten, the ConvTranspose and Conv modules called as
+    they are, contiguous (NCHW) weights. It shares the parameters of ``model`` (and
+    moves them to the NCHW layout). Used as the baseline of the speed benchmark and
+    by the tests that check :class:`ConvAutoencoder` computes the same function.
+    """
+
+    def __init__(self, model: ConvAutoencoder) -> None:
+        super().__init__()
+        e = model.encoder
+        self._grid = model._grid
+        self.encoder = nn.Sequential(e[0], nn.ReLU(), nn.MaxPool2d(2), e[3], nn.ReLU(), nn.MaxPool2d(2), e[6], e[7])
+        self.decoder_fc = model.decoder_fc
+        self.decoder = model.decoder
+        self.to(memory_format=torch.contiguous_format)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruct images ``(B, C, H, W)``; same shape out."""
+        h = self.decoder_fc(self.encoder(x)).view(-1, 64, self._grid, self._grid)
+        return self.decoder(h)

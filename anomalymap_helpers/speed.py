@@ -50,26 +50,15 @@ def _roc_auc(scores: torch.Tensor, is_anomaly: torch.Tensor) -> float:
     return float(roc_auc_score(is_anomaly.numpy(), scores.numpy()))
 
 
-def original_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The model as the original design ran it: Conv-ReLU-MaxPool blocks, contiguous (NCHW) weights.
-
-    Same parameters and the same function as :class:`ConvAutoencoder` (see its
-    docstring): only the layer order and memory layout the project changed for speed.
-    """
-    e = model.encoder
-    model.encoder = torch.nn.Sequential(e[0], e[2], e[1], e[3], e[5], e[4], e[6], e[7])
-    return model.to(memory_format=torch.contiguous_format)
-
-
 def reference_worker(epochs: int, seed: int, data_dir: str, mnist_dir: str | None, max_train: int | None) -> dict:
     """The original design's loop: fp32, DataLoader over a TensorDataset, batch 256, Adam 1e-3."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from .model import ConvAutoencoder
+    from .model import ConvAutoencoder, ReferenceAutoencoder
 
     d = _data(data_dir, mnist_dir, max_train)
     torch.manual_seed(seed)
-    model = original_model(ConvAutoencoder())
+    model = ReferenceAutoencoder(ConvAutoencoder())
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(TensorDataset(d["train"].images), batch_size=256, shuffle=True)
     criterion = torch.nn.MSELoss()

@@ -10,7 +10,7 @@ import torch
 
 from anomalymap_helpers import checkpoint
 from anomalymap_helpers.errors import CheckpointError
-from anomalymap_helpers.model import ConvAutoencoder, ModelConfig
+from anomalymap_helpers.model import ConvAutoencoder, ModelConfig, ReferenceAutoencoder
 
 
 def test_shapes_and_range() -> None:
@@ -93,30 +93,47 @@ def test_foreign_safetensors_file_is_refused(tmp_path: Path) -> None:
         checkpoint.load_model(path)
 
 
-def test_encoder_equals_the_conv_relu_maxpool_order() -> None:
-    """MaxPool-then-ReLU is an exact rewrite of the original Conv-ReLU-MaxPool blocks."""
-    torch.manual_seed(0)
+def _reference_pair(seed: int = 0) -> tuple[ConvAutoencoder, ReferenceAutoencoder]:
+    torch.manual_seed(seed)
     model = ConvAutoencoder()
-    e = model.encoder
-    original = torch.nn.Sequential(
-        e[0], torch.nn.ReLU(), torch.nn.MaxPool2d(2), e[3], torch.nn.ReLU(), torch.nn.MaxPool2d(2), e[6], e[7]
-    )
-    x = torch.rand(6, 1, 28, 28) - 0.3
-    a, b = model.encode(x), original(x)
-    assert torch.equal(a, b)
-    ga = torch.autograd.grad(a.square().sum(), e[0].weight)[0]
-    gb = torch.autograd.grad(original(x).square().sum(), e[0].weight)[0]
-    torch.testing.assert_close(ga, gb, rtol=0, atol=0)
+    reference = ConvAutoencoder()
+    reference.load_state_dict(model.state_dict())
+    return model, ReferenceAutoencoder(reference)
 
 
-def test_speed_reference_model_is_the_same_function() -> None:
-    from anomalymap_helpers.speed import original_model
+def test_model_computes_the_original_layers_function() -> None:
+    """The rewritten forward (NHWC Linear, ConvTranspose as matrix products, flipped last conv)
+    gives the plain layers' reconstruction, latents and gradients for every parameter."""
+    model, reference = _reference_pair()
+    x = torch.rand(6, 1, 28, 28) - 0.1  # some negative pixels, so ReLUs and pools have work to do
+    out, expected = model(x), reference(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.encode(x), reference.encoder(x), rtol=1e-5, atol=1e-6)
+    ((out - x) ** 2).mean().backward()
+    ((expected - x) ** 2).mean().backward()
+    grads = dict(reference.named_parameters())
+    assert {name for name, _ in model.named_parameters()} == set(grads)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-4, atol=1e-7, msg=name)
 
-    torch.manual_seed(0)
-    model = ConvAutoencoder()
-    x = torch.rand(3, 1, 28, 28)
-    with torch.no_grad():
-        expected = model(x)
-        reference = original_model(model)
-        assert reference.encoder[0].weight.is_contiguous()
-        torch.testing.assert_close(reference(x), expected)
+
+def test_model_equals_reference_in_bf16_and_for_other_shapes() -> None:
+    """Same function under bf16 autocast, and for another image size, channel count and latent size."""
+    model, reference = _reference_pair()
+    x = torch.rand(4, 1, 28, 28)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(model(x).float(), reference(x).float(), rtol=0.02, atol=0.02)
+    torch.manual_seed(1)
+    config = ModelConfig(latent_dim=8, image_size=32, channels=3)
+    model = ConvAutoencoder(config)
+    reference = ConvAutoencoder(config)
+    reference.load_state_dict(model.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(model(x), ReferenceAutoencoder(reference)(x), rtol=1e-5, atol=1e-6)
+
+
+def test_reference_model_runs_the_original_layers_in_nchw() -> None:
+    model, reference = _reference_pair()
+    assert reference.encoder[0].weight.is_contiguous()
+    names = " ".join(type(m).__name__ for m in reference.encoder)
+    assert names == "Conv2d ReLU MaxPool2d Conv2d ReLU MaxPool2d Flatten Linear"
