@@ -9,6 +9,8 @@ device because it speeds the convolutions up on both.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import platform
 import warnings
 from dataclasses import dataclass
 
@@ -72,6 +74,38 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             )
         return torch.device(name)
     raise ParameterError(f"device={device!r} is not known: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_RETAINED = False
+
+
+def retain_freed_memory() -> bool:
+    """Let glibc keep freed tensor memory for reuse instead of returning it to the OS.
+
+    Each CPU training step allocates and frees activations of 1-30 MB. glibc's
+    malloc serves blocks that large with ``mmap`` and unmaps them on free, so every
+    step faults all of that memory in again (about 4,000 page faults per step of
+    batch 256, a tenth of its time). Raising the mmap threshold to 32 MiB (the
+    largest every glibc accepts) and the trim threshold to 256 MiB keeps those
+    blocks in the heap for the next step, as jemalloc or tcmalloc would. The
+    process keeps up to 256 MiB it is not using. Called by the training and scoring
+    paths on CPU; a no-op after the first call and where the C
+    library is not glibc.
+
+    Returns:
+        Whether the settings are in effect.
+    """
+    global _RETAINED
+    if not _RETAINED and platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        try:
+            libc = ctypes.CDLL(None)
+            _RETAINED = bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(
+                libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+            )
+        except (OSError, AttributeError):
+            _RETAINED = False
+    return _RETAINED
 
 
 def cpu_supports_bf16() -> bool:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import storage
-from .device import Precision, resolve_precision
+from .device import Precision, resolve_precision, retain_freed_memory
 from .errors import ParameterError
 from .model import ConvAutoencoder
 
@@ -53,6 +53,8 @@ def reconstruct(
     """
     device = next(model.parameters()).device
     precision = precision or resolve_precision(device, True, warn=False)
+    if device.type == "cpu":
+        retain_freed_memory()
     model.eval()
     out = torch.empty(images.shape, dtype=torch.float32)
     latents = torch.empty(len(images), model.config.latent_dim, dtype=torch.float32)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, storage
-from .device import Precision, resolve_device, resolve_precision
+from .device import Precision, resolve_device, resolve_precision, retain_freed_memory
 from .errors import ParameterError, TrainingError
 from .model import ConvAutoencoder, ModelConfig
 from .paths import RunFiles
@@ -174,6 +174,8 @@ def train(
             raise ParameterError(f"{name} must be a non-empty float tensor (N, C, H, W); got {tuple(images.shape)}")
     device = resolve_device(config.device)
     precision = resolve_precision(device, config.amp)
+    if device.type == "cpu":
+        retain_freed_memory()
     torch.manual_seed(config.seed)
     _, channels, size, _ = train_images.shape
     model = ConvAutoencoder(ModelConfig(config.latent_dim, size, channels))
