@@ -2,7 +2,8 @@
 
 ``python -m anomalymap_helpers speed [--epochs N] [--out DIR]`` trains the same
 model on the same data twice, each in a fresh process so that peak memory is
-its own:
+its own, the two taking turns epoch by epoch so that both see the same machine
+(its speed drifts by 20% over minutes here):
 
 - the *reference loop*, written here as the original design had it: fp32, a
   DataLoader over a TensorDataset, batch 256, shuffled, Adam 1e-3;
@@ -17,16 +18,22 @@ throughput of the path notebooks 03 and 04 use, and the t-SNE time of notebook
 
 from __future__ import annotations
 
+import contextlib
+import io
 import multiprocessing as mp
 import resource
 import statistics
 import time
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import storage
+from .errors import AnomalyMapError
 from .paths import resolve
 
 DEFAULT_OUT = "results/speed"
@@ -50,7 +57,14 @@ def _roc_auc(scores: torch.Tensor, is_anomaly: torch.Tensor) -> float:
     return float(roc_auc_score(is_anomaly.numpy(), scores.numpy()))
 
 
-def reference_worker(epochs: int, seed: int, data_dir: str, mnist_dir: str | None, max_train: int | None) -> dict:
+def _wait_for_turn(conn: Connection) -> None:
+    if conn.recv() != "go":
+        raise SystemExit(0)
+
+
+def reference_worker(
+    conn: Connection, epochs: int, seed: int, data_dir: str, mnist_dir: str | None, max_train: int | None
+) -> dict:
     """The original design's loop: fp32, DataLoader over a TensorDataset, batch 256, Adam 1e-3."""
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -64,6 +78,7 @@ def reference_worker(epochs: int, seed: int, data_dir: str, mnist_dir: str | Non
     criterion = torch.nn.MSELoss()
     rates = []
     for _ in range(epochs):
+        _wait_for_turn(conn)
         model.train()
         t0 = time.perf_counter()
         for (batch,) in loader:
@@ -72,6 +87,8 @@ def reference_worker(epochs: int, seed: int, data_dir: str, mnist_dir: str | Non
             loss.backward()
             optimizer.step()
         rates.append(len(d["train"].images) / (time.perf_counter() - t0))
+        conn.send(("epoch", rates[-1]))
+    _wait_for_turn(conn)
     model.eval()
     with torch.no_grad():
         val = torch.cat([model(b) for b in d["val"].images.split(1024)])
@@ -88,14 +105,28 @@ def reference_worker(epochs: int, seed: int, data_dir: str, mnist_dir: str | Non
     }
 
 
-def project_worker(epochs: int, seed: int, data_dir: str, mnist_dir: str | None, max_train: int | None) -> dict:
+def project_worker(
+    conn: Connection, epochs: int, seed: int, data_dir: str, mnist_dir: str | None, max_train: int | None
+) -> dict:
     """The project's path: train.train, then the scoring and t-SNE the notebooks use."""
     from . import data, latent, scoring, train
 
+    def next_epoch(record: dict[str, float]) -> None:
+        conn.send(("epoch", record["images_per_s"]))
+        if record["epoch"] < epochs:
+            _wait_for_turn(conn)
+
     d = _data(data_dir, mnist_dir, max_train)
-    result = train.train(
-        d["train"].images, d["val"].images, train.TrainConfig(epochs=epochs, seed=seed), progress=False
-    )
+    _wait_for_turn(conn)
+    with contextlib.redirect_stdout(io.StringIO()):  # the parent prints both paths' epochs
+        result = train.train(
+            d["train"].images,
+            d["val"].images,
+            train.TrainConfig(epochs=epochs, seed=seed),
+            progress=False,
+            on_epoch=next_epoch,
+        )
+    _wait_for_turn(conn)
     model = result.model
     scoring.score(model, d["test"].images[:2048])  # warm-up
     times = []
@@ -123,9 +154,56 @@ def project_worker(epochs: int, seed: int, data_dir: str, mnist_dir: str | None,
     }
 
 
-def _in_fresh_process(fn: Any, *args: Any) -> dict:
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
+def _child(conn: Connection, fn: Callable[..., dict], args: tuple) -> None:
+    try:
+        message: tuple[str, Any] = ("result", fn(conn, *args))
+    except EOFError:  # the parent stopped the benchmark
+        return
+    except AnomalyMapError as e:  # a bad setting or missing data: the message says what to do
+        message = ("error", e)
+    except BaseException:  # the parent reports it, with the child's traceback
+        message = ("error", RuntimeError(traceback.format_exc()))
+    try:
+        conn.send(message)
+    except OSError:  # the parent is gone
+        pass
+    finally:
+        conn.close()
+
+
+class _Worker:
+    """One benchmark path in a fresh process (its own peak memory), run a turn at a time."""
+
+    def __init__(self, name: str, fn: Callable[..., dict], args: tuple) -> None:
+        ctx = mp.get_context("spawn")
+        self.name = name
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_child, args=(child, fn, args), daemon=True)
+        self.process.start()
+        child.close()
+
+    def turn(self) -> Any:
+        """Let the worker run its next part; return what it sends back."""
+        self.conn.send("go")
+        return self.receive()
+
+    def receive(self) -> Any:
+        try:
+            kind, value = self.conn.recv()
+        except EOFError:
+            self.process.join(timeout=5)
+            raise RuntimeError(
+                f"the {self.name} process ended without a result (exit code {self.process.exitcode})"
+            ) from None
+        if kind == "error":
+            raise value
+        return value
+
+    def close(self) -> None:
+        self.conn.close()
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.terminate()
 
 
 def run_speed(
@@ -137,33 +215,55 @@ def run_speed(
     mnist_dir: str | None = None,
     max_train: int | None = None,
 ) -> dict:
-    """Run both paths one after the other, print the table, write ``speed.json``."""
+    """Run both paths an epoch at a time, in turn, print the table, write ``speed.json``.
+
+    The machine's speed drifts over minutes, so the two paths take turns: epoch 1 of
+    the reference, epoch 1 of the project, then epoch 2 with the project first, and
+    so on. Each runs in its own process and waits while the other runs.
+    """
     args = (epochs, seed, str(resolve(data_dir)), mnist_dir, max_train)
-    print(f"reference loop: {epochs} epochs ...", flush=True)
-    ref = _in_fresh_process(reference_worker, *args)
-    print(f"project path: {epochs} epochs ...", flush=True)
-    proj = _in_fresh_process(project_worker, *args)
+    ref = _Worker("reference loop", reference_worker, args)
+    proj = _Worker("project path", project_worker, args)
+    try:
+        for epoch in range(epochs):
+            rates = {}
+            for worker in (ref, proj) if epoch % 2 == 0 else (proj, ref):
+                rates[worker.name] = worker.turn()
+            print(
+                f"epoch {epoch + 1}/{epochs}: reference {rates[ref.name]:,.0f} images/s, "
+                f"AnomalyMap {rates[proj.name]:,.0f} images/s",
+                flush=True,
+            )
+        print("evaluating, then timing scoring and t-SNE ...", flush=True)
+        ref_result = ref.turn()
+        proj_result = proj.turn()
+    finally:
+        ref.close()
+        proj.close()
     report = {
         "epochs": epochs,
         "seed": seed,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "reference_train_images_per_s": ref["train_images_per_s"],
-        "project_train_images_per_s": proj["train_images_per_s"],
-        "speedup": proj["train_images_per_s"] / ref["train_images_per_s"],
-        "reference_roc_auc": ref["roc_auc"],
-        "project_roc_auc": proj["roc_auc"],
-        "reference_val_loss": ref["val_loss"],
-        "project_val_loss": proj["val_loss"],
-        "reference_peak_rss_mb": ref["peak_rss_mb"],
-        "project_peak_rss_mb": proj["peak_rss_mb"],
-        "scoring_images_per_s": proj["scoring_images_per_s"],
-        "tsne_seconds": proj["tsne_seconds"],
-        "tsne_points": proj["tsne_points"],
-        "project_precision": proj["precision"],
-        "project_device": proj["device"],
-        "reference": ref,
-        "project": proj,
+        "reference_train_images_per_s": ref_result["train_images_per_s"],
+        "project_train_images_per_s": proj_result["train_images_per_s"],
+        "speedup": proj_result["train_images_per_s"] / ref_result["train_images_per_s"],
+        "epoch_speedups": [
+            p / r for p, r in zip(proj_result["epoch_images_per_s"], ref_result["epoch_images_per_s"], strict=True)
+        ],
+        "reference_roc_auc": ref_result["roc_auc"],
+        "project_roc_auc": proj_result["roc_auc"],
+        "reference_val_loss": ref_result["val_loss"],
+        "project_val_loss": proj_result["val_loss"],
+        "reference_peak_rss_mb": ref_result["peak_rss_mb"],
+        "project_peak_rss_mb": proj_result["peak_rss_mb"],
+        "scoring_images_per_s": proj_result["scoring_images_per_s"],
+        "tsne_seconds": proj_result["tsne_seconds"],
+        "tsne_points": proj_result["tsne_points"],
+        "project_precision": proj_result["precision"],
+        "project_device": proj_result["device"],
+        "reference": ref_result,
+        "project": proj_result,
     }
     path = storage.write_json(Path(resolve(out)) / "speed.json", report)
     print(format_table(report))
@@ -179,7 +279,12 @@ def format_table(r: dict) -> str:
             f"{r['reference_train_images_per_s']:,.0f}",
             f"{r['project_train_images_per_s']:,.0f}",
         ),
-        ("speed-up", "1.00x", f"{r['speedup']:.2f}x"),
+        ("speed-up (ratio of the medians)", "1.00x", f"{r['speedup']:.2f}x"),
+        (
+            "speed-up epoch by epoch",
+            "",
+            " ".join(f"{x:.2f}x" for x in r["epoch_speedups"]),
+        ),
         ("precision", "fp32", f"{r['project_precision']} on {r['project_device']}"),
         ("peak resident memory, MiB", f"{r['reference_peak_rss_mb']:,.0f}", f"{r['project_peak_rss_mb']:,.0f}"),
         (

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -150,6 +150,7 @@ def train(
     files: RunFiles | None = None,
     resume: bool = False,
     progress: bool = True,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train a :class:`ConvAutoencoder` on normal images.
 
@@ -160,6 +161,9 @@ def train(
         files: The run folder; if given, a checkpoint is written after every epoch.
         resume: Continue from ``files.training_state`` if it exists.
         progress: Show progress bars.
+        on_epoch: Called with each epoch's record (``epoch``, ``train_loss``,
+            ``val_loss``, ``seconds``, ``images_per_s``) once it is saved,
+            before the next epoch starts.
 
     Returns:
         The trained model and its per-epoch history.
@@ -244,6 +248,8 @@ def train(
                     f"epoch {epoch + 1}/{config.epochs}  train loss {record['train_loss']:.5f}  "
                     f"val loss {val_loss:.5f}  {record['images_per_s']:,.0f} images/s"
                 )
+                if on_epoch is not None:
+                    on_epoch(record)
     except KeyboardInterrupt:
         where = (
             f"; the checkpoint of epoch {epoch} is in {files.root}, pass resume=True to continue"

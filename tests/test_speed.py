@@ -1,0 +1,41 @@
+"""The speed benchmark: both paths run in turn and the report holds what issue 4 asks for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from anomalymap_helpers.errors import AnomalyMapError
+from anomalymap_helpers.speed import run_speed
+
+
+def test_speed_benchmark_writes_the_report(mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    report = run_speed(
+        2, str(tmp_path / "speed"), data_dir=str(tmp_path / "data"), mnist_dir=str(mnist_dir), max_train=600
+    )
+    saved = json.loads((tmp_path / "speed" / "speed.json").read_text())
+    for key in (
+        "reference_train_images_per_s",
+        "project_train_images_per_s",
+        "speedup",
+        "reference_roc_auc",
+        "project_roc_auc",
+        "scoring_images_per_s",
+    ):
+        assert saved[key] == pytest.approx(report[key]) and saved[key] > 0
+    assert saved["speedup"] == pytest.approx(
+        saved["project_train_images_per_s"] / saved["reference_train_images_per_s"]
+    )
+    assert len(saved["epoch_speedups"]) == len(saved["reference"]["epoch_images_per_s"]) == 2
+    assert 0 < saved["reference_roc_auc"] < 1 and 0 < saved["project_roc_auc"] < 1
+    assert saved["tsne_points"] == 1000
+    out = capsys.readouterr().out
+    assert "epoch 2/2: reference" in out and "| speed-up (ratio of the medians) | 1.00x |" in out
+
+
+def test_speed_benchmark_reports_missing_data_clearly(tmp_path: Path) -> None:
+    with pytest.raises(AnomalyMapError, match="MNIST"):
+        run_speed(1, str(tmp_path / "speed"), data_dir=str(tmp_path / "data"), mnist_dir=str(tmp_path / "nowhere"))
+    assert not (tmp_path / "speed" / "speed.json").exists()
