@@ -163,12 +163,9 @@ def _child(conn: Connection, fn: Callable[..., dict], args: tuple) -> None:
         message = ("error", e)
     except BaseException:  # the parent reports it, with the child's traceback
         message = ("error", RuntimeError(traceback.format_exc()))
-    try:
+    with contextlib.suppress(OSError):  # the parent is gone
         conn.send(message)
-    except OSError:  # the parent is gone
-        pass
-    finally:
-        conn.close()
+    conn.close()
 
 
 class _Worker:
@@ -184,7 +181,8 @@ class _Worker:
 
     def turn(self) -> Any:
         """Let the worker run its next part; return what it sends back."""
-        self.conn.send("go")
+        with contextlib.suppress(OSError):  # it stopped early; its error, if it sent one, is waiting
+            self.conn.send("go")
         return self.receive()
 
     def receive(self) -> Any:
@@ -221,6 +219,9 @@ def run_speed(
     the reference, epoch 1 of the project, then epoch 2 with the project first, and
     so on. Each runs in its own process and waits while the other runs.
     """
+    from . import data
+
+    data.prepare_mnist(data_dir, mnist_dir)  # once, here: two workers unpacking at once would race
     args = (epochs, seed, str(resolve(data_dir)), mnist_dir, max_train)
     ref = _Worker("reference loop", reference_worker, args)
     proj = _Worker("project path", project_worker, args)
