@@ -32,7 +32,14 @@ def _run(args: argparse.Namespace) -> int:
 def _speed(args: argparse.Namespace) -> int:
     from .speed import run_speed
 
-    run_speed(args.epochs, args.out, seed=args.seed, mnist_dir=args.mnist_dir, max_train=args.max_train)
+    run_speed(
+        args.epochs,
+        args.out,
+        seed=args.seed,
+        mnist_dir=args.mnist_dir,
+        max_train=args.max_train,
+        reference_retains_memory=not args.reference_glibc_defaults,
+    )
     return 0
 
 
@@ -84,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--seed", type=int, default=0)
     speed.add_argument("--mnist-dir", default=None, help="local MNIST folder (default $ANOMALYMAP_MNIST_DIR)")
     speed.add_argument("--max-train", type=int, default=None, help="cap on normal training images, for a quick run")
+    speed.add_argument(
+        "--reference-glibc-defaults",
+        action="store_true",
+        help="run the reference loop without keeping freed memory (its speed then varies between runs)",
+    )
     speed.set_defaults(func=_speed)
     bench = sub.add_parser("benchmark", help="ROC-AUC per digit over the leave-one-out and one-class protocols")
     bench.add_argument("--protocol", choices=["leave-one-out", "one-class", "both"], default="both")

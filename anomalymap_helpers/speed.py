@@ -63,13 +63,29 @@ def _wait_for_turn(conn: Connection) -> None:
 
 
 def reference_worker(
-    conn: Connection, epochs: int, seed: int, data_dir: str, mnist_dir: str | None, max_train: int | None
+    conn: Connection,
+    epochs: int,
+    seed: int,
+    data_dir: str,
+    mnist_dir: str | None,
+    max_train: int | None,
+    retain_memory: bool = True,
 ) -> dict:
-    """The original design's loop: fp32, DataLoader over a TensorDataset, batch 256, Adam 1e-3."""
+    """The original design's loop: fp32, DataLoader over a TensorDataset, batch 256, Adam 1e-3.
+
+    With ``retain_memory`` it runs under the same allocator setting as the project's
+    path (:func:`~anomalymap_helpers.device.retain_freed_memory`). Under glibc's
+    defaults its speed depends on the process's allocation history, which decides
+    how many freed blocks are unmapped and faulted in again each step: 1,500 to
+    2,100 images/s between runs here (``speed --reference-glibc-defaults``).
+    """
     from torch.utils.data import DataLoader, TensorDataset
 
+    from .device import retain_freed_memory
     from .model import ConvAutoencoder, ReferenceAutoencoder
 
+    if retain_memory:
+        retain_freed_memory()
     d = _data(data_dir, mnist_dir, max_train)
     torch.manual_seed(seed)
     model = ReferenceAutoencoder(ConvAutoencoder())
@@ -102,6 +118,7 @@ def reference_worker(
         "roc_auc": _roc_auc(scores, d["test"].is_anomaly),
         "peak_rss_mb": _peak_rss_mb(),
         "precision": "fp32",
+        "retain_memory": retain_memory,
     }
 
 
@@ -212,18 +229,21 @@ def run_speed(
     data_dir: str = "data",
     mnist_dir: str | None = None,
     max_train: int | None = None,
+    reference_retains_memory: bool = True,
 ) -> dict:
     """Run both paths an epoch at a time, in turn, print the table, write ``speed.json``.
 
     The machine's speed drifts over minutes, so the two paths take turns: epoch 1 of
     the reference, epoch 1 of the project, then epoch 2 with the project first, and
-    so on. Each runs in its own process and waits while the other runs.
+    so on. Each runs in its own process and waits while the other runs. Both keep
+    freed memory for reuse unless ``reference_retains_memory`` is False, which runs
+    the reference under glibc's defaults (see :func:`reference_worker`).
     """
     from . import data
 
     data.prepare_mnist(data_dir, mnist_dir)  # once, here: two workers unpacking at once would race
     args = (epochs, seed, str(resolve(data_dir)), mnist_dir, max_train)
-    ref = _Worker("reference loop", reference_worker, args)
+    ref = _Worker("reference loop", reference_worker, (*args, reference_retains_memory))
     proj = _Worker("project path", project_worker, args)
     try:
         for epoch in range(epochs):
@@ -246,6 +266,7 @@ def run_speed(
         "seed": seed,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "reference_retains_freed_memory": reference_retains_memory,
         "reference_train_images_per_s": ref_result["train_images_per_s"],
         "project_train_images_per_s": proj_result["train_images_per_s"],
         "speedup": proj_result["train_images_per_s"] / ref_result["train_images_per_s"],
@@ -287,6 +308,11 @@ def format_table(r: dict) -> str:
             " ".join(f"{x:.2f}x" for x in r["epoch_speedups"]),
         ),
         ("precision", "fp32", f"{r['project_precision']} on {r['project_device']}"),
+        (
+            "freed memory kept for reuse (glibc)",
+            "yes" if r["reference_retains_freed_memory"] else "no (glibc defaults)",
+            "yes",
+        ),
         ("peak resident memory, MiB", f"{r['reference_peak_rss_mb']:,.0f}", f"{r['project_peak_rss_mb']:,.0f}"),
         (
             f"validation MSE after {r['epochs']} epochs",

@@ -31,6 +31,7 @@ def test_speed_benchmark_writes_the_report(mnist_dir: Path, tmp_path: Path, caps
     assert len(saved["epoch_speedups"]) == len(saved["reference"]["epoch_images_per_s"]) == 2
     assert 0 < saved["reference_roc_auc"] < 1 and 0 < saved["project_roc_auc"] < 1
     assert saved["tsne_points"] == 1000
+    assert saved["reference_retains_freed_memory"] and saved["reference"]["retain_memory"]
     out = capsys.readouterr().out
     assert "epoch 2/2: reference" in out and "| speed-up (ratio of the medians) | 1.00x |" in out
 
