@@ -48,8 +48,8 @@ class ConvAutoencoder(nn.Module):
       2x2 output block, which is one matrix product per pixel. The decoder does
       both as matrix products and rearranges the 4x4 blocks into the image once;
     - the last Conv (16 channels to ``channels``) runs as the transposed
-      convolution with the flipped kernel, which oneDNN computes several times
-      faster than a convolution with one output channel.
+      convolution with the flipped kernel, which oneDNN runs faster than a
+      convolution with a single output channel.
     """
 
     def __init__(self, config: ModelConfig | None = None) -> None:
