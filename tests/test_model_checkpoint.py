@@ -93,10 +93,10 @@ def test_foreign_safetensors_file_is_refused(tmp_path: Path) -> None:
         checkpoint.load_model(path)
 
 
-def _reference_pair(seed: int = 0) -> tuple[ConvAutoencoder, ReferenceAutoencoder]:
+def _reference_pair(config: ModelConfig | None = None, seed: int = 0) -> tuple[ConvAutoencoder, ReferenceAutoencoder]:
     torch.manual_seed(seed)
-    model = ConvAutoencoder()
-    reference = ConvAutoencoder()
+    model = ConvAutoencoder(config)
+    reference = ConvAutoencoder(config)
     reference.load_state_dict(model.state_dict())
     return model, ReferenceAutoencoder(reference)
 
@@ -123,13 +123,9 @@ def test_model_equals_reference_in_bf16_and_for_other_shapes() -> None:
     x = torch.rand(4, 1, 28, 28)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.testing.assert_close(model(x).float(), reference(x).float(), rtol=0.02, atol=0.02)
-    torch.manual_seed(1)
-    config = ModelConfig(latent_dim=8, image_size=32, channels=3)
-    model = ConvAutoencoder(config)
-    reference = ConvAutoencoder(config)
-    reference.load_state_dict(model.state_dict())
+    model, reference = _reference_pair(ModelConfig(latent_dim=8, image_size=32, channels=3), seed=1)
     x = torch.rand(2, 3, 32, 32)
-    torch.testing.assert_close(model(x), ReferenceAutoencoder(reference)(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-6)
 
 
 def test_reference_model_runs_the_original_layers_in_nchw() -> None:
