@@ -200,7 +200,7 @@ def train(
 
     epoch_bar = progress_bar(config.epochs, "epochs", disable=not progress)
     epoch_bar.update(start)
-    epoch = start
+    saved = start  # epochs whose checkpoint is on disk
     try:
         with _sigterm_as_interrupt():
             for epoch in range(start, config.epochs):
@@ -220,7 +220,7 @@ def train(
                         raise TrainingError(
                             f"the training loss became {value} at epoch {epoch + 1}, step {step + 1}: "
                             f"try a lower lr than {config.lr}"
-                            + (f"; the checkpoint of epoch {epoch} is kept in {files.root}" if files and epoch else "")
+                            + (f"; the checkpoint of epoch {saved} is kept in {files.root}" if files and saved else "")
                         )
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
@@ -241,6 +241,7 @@ def train(
                 history.append(record)
                 if files is not None:
                     save_checkpoint(files, model, optimizer, history, config, precision, device)
+                    saved = epoch + 1
                 if not headless():  # a text bar redraws on every postfix change: keep it short
                     epoch_bar.set_postfix(train=f"{record['train_loss']:.5f}", val=f"{val_loss:.5f}")
                 epoch_bar.update()
@@ -251,12 +252,14 @@ def train(
                 if on_epoch is not None:
                     on_epoch(record)
     except KeyboardInterrupt:
+        # Counted from what is saved, not from the loop variable: a signal can land after an
+        # epoch's checkpoint is written and before the next epoch begins.
         where = (
-            f"; the checkpoint of epoch {epoch} is in {files.root}, pass resume=True to continue"
-            if files and epoch
+            f"; the checkpoint of epoch {saved} is in {files.root}, pass resume=True to continue"
+            if files and saved
             else ""
         )
-        print(f"training interrupted during epoch {epoch + 1}{where}", file=sys.stderr)
+        print(f"training interrupted after {len(history)} complete epoch(s){where}", file=sys.stderr)
         raise
     finally:
         epoch_bar.close()

@@ -70,6 +70,24 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(small_norma
     assert all(torch.equal(good[k], after[k]) for k in good)
 
 
+def test_interrupt_between_epochs_names_the_saved_checkpoint(
+    small_normals, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A signal that lands after epoch 1's checkpoint is written, before epoch 2 begins,
+    still points at that checkpoint (on_epoch runs in exactly that window)."""
+    x, v = small_normals
+    files = RunFiles(tmp_path)
+
+    def interrupt(record: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.train(x, v, train.TrainConfig(epochs=3, **CPU), files=files, progress=False, on_epoch=interrupt)
+    err = capsys.readouterr().err
+    assert "after 1 complete epoch(s); the checkpoint of epoch 1" in err and "pass resume=True" in err
+    assert checkpoint.read_metadata(files.training_state)["epoch"] == 1
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("epochs", 0), ("batch_size", -1), ("lr", 0.0), ("latent_dim", 2.5), ("epochs", True), ("lr", float("inf"))],
