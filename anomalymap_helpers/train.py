@@ -129,6 +129,31 @@ def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
 
+def new_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam over ``model``'s parameters, fused: one kernel updates them all."""
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+
+
+def training_step(
+    model: ConvAutoencoder,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batch: torch.Tensor,
+    precision: Precision,
+) -> float:
+    """One optimizer step on ``batch``; return its loss. A non-finite loss takes no step."""
+    with precision.autocast():
+        out = model(batch)
+    loss = F.mse_loss(out.float(), batch)
+    value = loss.item()
+    if math.isfinite(value):
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return value
+
+
 @torch.inference_mode()
 def mean_loss(model: ConvAutoencoder, images: torch.Tensor, precision: Precision, batch_size: int = 512) -> float:
     """Mean squared reconstruction error over ``images`` ``(N, C, H, W)`` on the model's device."""
@@ -184,7 +209,7 @@ def train(
     _, channels, size, _ = train_images.shape
     model = ConvAutoencoder(ModelConfig(config.latent_dim, size, channels))
     model = model.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for all parameters
+    optimizer = new_optimizer(model, config.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.use_grad_scaler)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -212,20 +237,13 @@ def train(
                 step_bar = progress_bar(steps, f"epoch {epoch + 1}", leave=False, disable=not progress or headless())
                 for step in range(steps):
                     batch = x_train[perm[step * bs : (step + 1) * bs]]
-                    with precision.autocast():
-                        out = model(batch)
-                    loss = F.mse_loss(out.float(), batch)
-                    value = loss.item()
+                    value = training_step(model, optimizer, scaler, batch, precision)
                     if not math.isfinite(value):
                         raise TrainingError(
                             f"the training loss became {value} at epoch {epoch + 1}, step {step + 1}: "
                             f"try a lower lr than {config.lr}"
                             + (f"; the checkpoint of epoch {saved} is kept in {files.root}" if files and saved else "")
                         )
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
                     total += value * len(batch)
                     step_bar.update()
                 step_bar.close()
