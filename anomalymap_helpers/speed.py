@@ -122,6 +122,61 @@ def reference_worker(
     }
 
 
+# Operators that run the model's convolutions and matrix products (oneDNN on CPU).
+# ``_convolution`` holds the transposed convolution, which has no operator of its own.
+_GEMM_OPS = frozenset(
+    {"aten::mkldnn_convolution", "aten::_convolution", "aten::convolution_backward", "aten::mm", "aten::addmm"}
+)
+_POOL_OPS = frozenset({"aten::max_pool2d_with_indices", "aten::max_pool2d_with_indices_backward"})
+
+
+def step_breakdown(
+    images: torch.Tensor, precision: Any, steps: int = 20, batch_size: int = 256, latent_dim: int = 64
+) -> dict[str, float]:
+    """Where a CPU training step's time goes: all of it, the convolutions and matrix products, the pooling.
+
+    Times three rounds of ``steps`` steps of
+    :func:`~anomalymap_helpers.train.training_step` on a fresh model (the median
+    round counts), then profiles one more round. The convolutions and matrix
+    products are work that no rewrite of the other operators removes, so
+    ``batch_size`` over their time bounds the training speed from above, for these
+    layers in this precision. Pooling is counted with the zero-fill of its backward.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from . import train
+    from .model import ConvAutoencoder, ModelConfig
+
+    _, channels, size, _ = images.shape
+    model = ConvAutoencoder(ModelConfig(latent_dim, size, channels))
+    optimizer = train.new_optimizer(model, 1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    batch = train.to_device(images[:batch_size], torch.device("cpu"))
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            train.training_step(model, optimizer, scaler, batch, precision)
+
+    run(5)  # warm-up: oneDNN builds its kernels on the first calls
+    rounds = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        run(steps)
+        rounds.append((time.perf_counter() - t0) / steps * 1000)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run(steps)
+    events = prof.key_averages()
+    gemm_ms = sum(e.self_cpu_time_total for e in events if e.key in _GEMM_OPS) / steps / 1000
+    pool_ms = sum(e.cpu_time_total for e in events if e.key in _POOL_OPS) / steps / 1000
+    return {
+        "batch_size": len(batch),
+        "step_ms": statistics.median(rounds),
+        "gemm_ms": gemm_ms,
+        "pool_ms": pool_ms,
+        "gemm_bound_images_per_s": len(batch) / gemm_ms * 1000,
+    }
+
+
 def project_worker(
     conn: Connection, epochs: int, seed: int, data_dir: str, mnist_dir: str | None, max_train: int | None
 ) -> dict:
@@ -157,17 +212,21 @@ def project_worker(
     latent.tsne(latent.encode(model, d["test"].images[pick]), seed=seed)
     tsne_s = time.perf_counter() - t0
     rates = [h["images_per_s"] for h in result.history]
+    peak_rss_mb = _peak_rss_mb()  # before the profiler's own memory
+    cpu = result.device.type == "cpu"
+    breakdown = step_breakdown(d["train"].images, result.precision) if cpu else None
     return {
         "train_images_per_s": statistics.median(rates),
         "epoch_images_per_s": rates,
         "val_loss": result.history[-1]["val_loss"],
         "roc_auc": _roc_auc(scored.scores, is_anomaly),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb,
         "precision": result.precision.name,
         "device": str(result.device),
         "scoring_images_per_s": len(d["test"].images) / statistics.median(times),
         "tsne_seconds": tsne_s,
         "tsne_points": len(pick),
+        "step_breakdown": breakdown,
     }
 
 
@@ -284,6 +343,7 @@ def run_speed(
         "tsne_points": proj_result["tsne_points"],
         "project_precision": proj_result["precision"],
         "project_device": proj_result["device"],
+        "step_breakdown": proj_result["step_breakdown"],
         "reference": ref_result,
         "project": proj_result,
     }
@@ -323,6 +383,21 @@ def format_table(r: dict) -> str:
         ("scoring images/s (03/04 path)", "", f"{r['scoring_images_per_s']:,.0f}"),
         (f"t-SNE of {r['tsne_points']:,} latents, s", "", f"{r['tsne_seconds']:.1f}"),
     ]
+    step = r.get("step_breakdown")
+    if step:
+        bound = step["gemm_bound_images_per_s"]
+        rows += [
+            (
+                f"one training step of {step['batch_size']}, ms: whole / convs + matrix products / pooling",
+                "",
+                f"{step['step_ms']:.1f} / {step['gemm_ms']:.1f} / {step['pool_ms']:.1f}",
+            ),
+            (
+                "bound if all but convs + matrix products were free",
+                "",
+                f"{bound:,.0f} images/s ({bound / r['reference_train_images_per_s']:.2f}x)",
+            ),
+        ]
     lines = ["| | reference loop | AnomalyMap |", "|---|---:|---:|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines)

@@ -32,8 +32,12 @@ def test_speed_benchmark_writes_the_report(mnist_dir: Path, tmp_path: Path, caps
     assert 0 < saved["reference_roc_auc"] < 1 and 0 < saved["project_roc_auc"] < 1
     assert saved["tsne_points"] == 1000
     assert saved["reference_retains_freed_memory"] and saved["reference"]["retain_memory"]
+    b = saved["step_breakdown"]
+    assert 0 < b["pool_ms"] < b["gemm_ms"] < b["step_ms"] and b["batch_size"] == 256
+    assert b["gemm_bound_images_per_s"] == pytest.approx(256 / b["gemm_ms"] * 1000)
     out = capsys.readouterr().out
     assert "epoch 2/2: reference" in out and "| speed-up (ratio of the medians) | 1.00x |" in out
+    assert "| bound if all but convs + matrix products were free |" in out
 
 
 def test_speed_benchmark_reports_missing_data_clearly(tmp_path: Path) -> None:
