@@ -161,16 +161,21 @@ class Scorer:
     Args:
         model: The trained autoencoder.
         train_images: ``(N, C, H, W)`` normal training images: the kNN reference set.
-        val_images: ``(M, C, H, W)`` validation normals: the standardisation of the ensemble.
+        val: Validation normals, ``(M, C, H, W)`` images or what :func:`score` made of
+            them: the standardisation of the ensemble.
         k: Neighbours of ``latent-knn``.
         topk: Pixels of ``topk``.
+
+    Attributes:
+        val_scores: Every method's ``(M,)`` scores of the validation normals (for a
+            threshold), computed once here.
     """
 
     def __init__(
         self,
         model: ConvAutoencoder,
         train_images: torch.Tensor,
-        val_images: torch.Tensor,
+        val: torch.Tensor | Scored,
         *,
         k: int = 2,
         topk: int = 10,
@@ -179,8 +184,9 @@ class Scorer:
 
         self.model, self.k, self.topk = model, k, topk
         self.reference = encode(model, train_images)
-        val = self._base(score(model, val_images))
-        self.stats = {m: (float(val[m].mean()), float(val[m].std()) or 1.0) for m in ENSEMBLE}
+        base = self._base(val if isinstance(val, Scored) else score(model, val))
+        self.stats = {m: (float(base[m].mean()), float(base[m].std()) or 1.0) for m in ENSEMBLE}
+        self.val_scores = self._with_ensemble(base)
 
     def _base(self, scored: Scored) -> dict[str, torch.Tensor]:
         return {
@@ -190,11 +196,13 @@ class Scorer:
             "latent-knn": knn_distances(self.reference, scored.latents, self.k),
         }
 
+    def _with_ensemble(self, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ensemble = torch.stack([(base[m] - mu) / sd for m, (mu, sd) in self.stats.items()]).mean(0)
+        return {**base, "ensemble": ensemble}
+
     def all_scores(self, scored: Scored) -> dict[str, torch.Tensor]:
         """Every method's ``(N,)`` scores for images already reconstructed by :func:`score`."""
-        out = self._base(scored)
-        out["ensemble"] = torch.stack([(out[m] - mu) / sd for m, (mu, sd) in self.stats.items()]).mean(0)
-        return out
+        return self._with_ensemble(self._base(scored))
 
 
 def write_scores(

@@ -112,5 +112,10 @@ def test_scorer_gives_every_method_and_standardises_the_ensemble() -> None:
     assert list(on_val) == list(scoring.METHODS)
     # On the validation normals themselves the standardised ensemble has mean 0.
     assert on_val["ensemble"].mean().item() == pytest.approx(0.0, abs=1e-5)
+    # The validation scores it keeps are those, and a Scored of val fits the same scorer.
+    from_scored = scoring.Scorer(model, train, scoring.score(model, val))
+    for method in scoring.METHODS:
+        torch.testing.assert_close(scorer.val_scores[method], on_val[method])
+        torch.testing.assert_close(from_scored.val_scores[method], on_val[method])
     with pytest.raises(ParameterError, match="score_method"):
         scoring.check_method("psnr")
