@@ -214,7 +214,7 @@ def project_worker(
     rates = [h["images_per_s"] for h in result.history]
     peak_rss_mb = _peak_rss_mb()  # before the profiler's own memory
     cpu = result.device.type == "cpu"
-    breakdown = step_breakdown(d["train"].images, result.precision) if cpu else None
+    breakdown = step_breakdown(d["train"].images, result.precision, latent_dim=model.config.latent_dim) if cpu else None
     return {
         "train_images_per_s": statistics.median(rates),
         "epoch_images_per_s": rates,
