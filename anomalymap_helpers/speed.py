@@ -131,26 +131,26 @@ _POOL_OPS = frozenset({"aten::max_pool2d_with_indices", "aten::max_pool2d_with_i
 
 
 def step_breakdown(
-    images: torch.Tensor, precision: Any, steps: int = 20, batch_size: int = 256, latent_dim: int = 64
+    images: torch.Tensor, precision: Any, config: Any, steps: int = 20, batch_size: int = 256
 ) -> dict[str, float]:
     """Where a CPU training step's time goes: all of it, the convolutions and matrix products, the pooling.
 
     Times three rounds of ``steps`` steps of
-    :func:`~anomalymap_helpers.train.training_step` on a fresh model (the median
-    round counts), then profiles one more round. The convolutions and matrix
-    products are work that no rewrite of the other operators removes, so
+    :func:`~anomalymap_helpers.train.training_step` on a fresh model of ``config``
+    (a :class:`~anomalymap_helpers.model.ModelConfig`; the median round counts),
+    then profiles one more round. The convolutions and matrix products are work
+    that no rewrite of the other operators removes, so
     ``batch_size`` over their time bounds the training speed from above, for these
     layers in this precision. Pooling is counted with the zero-fill of its backward.
     """
     from torch.profiler import ProfilerActivity, profile
 
     from . import train
-    from .model import ConvAutoencoder, ModelConfig
+    from .model import ConvAutoencoder
 
-    _, channels, size, _ = images.shape
-    model = ConvAutoencoder(ModelConfig(latent_dim, size, channels))
+    model = ConvAutoencoder(config)
     optimizer = train.new_optimizer(model, 1e-3)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    scaler = torch.amp.GradScaler("cpu", enabled=precision.use_grad_scaler)
     batch = train.to_device(images[:batch_size], torch.device("cpu"))
 
     def run(n: int) -> None:
@@ -214,7 +214,7 @@ def project_worker(
     rates = [h["images_per_s"] for h in result.history]
     peak_rss_mb = _peak_rss_mb()  # before the profiler's own memory
     cpu = result.device.type == "cpu"
-    breakdown = step_breakdown(d["train"].images, result.precision, latent_dim=model.config.latent_dim) if cpu else None
+    breakdown = step_breakdown(d["train"].images, result.precision, model.config) if cpu else None
     return {
         "train_images_per_s": statistics.median(rates),
         "epoch_images_per_s": rates,
