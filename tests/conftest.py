@@ -1,4 +1,8 @@
-"""Shared fixtures: the real MNIST files and small slices of them."""
+"""Shared fixtures: the real MNIST files and small slices of them.
+
+Under ``CI=true`` a missing prerequisite fails the run (:func:`require`); elsewhere the
+tests that need it skip, with the reason shown.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +14,34 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomalymap_helpers import data
+from anomalymap_helpers.pipeline import data
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def require(what: str) -> None:
+    """A prerequisite is missing: fail under ``CI=true``, skip elsewhere."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI=true and {what}", pytrace=False)
+    pytest.skip(what)
+
+
 def _mnist_dir() -> Path | None:
-    for candidate in (os.environ.get(data.MNIST_ENV), ROOT.parent / "shared" / "datasets" / "mnist"):
-        if candidate and (Path(candidate) / "train-images-idx3-ubyte.gz").exists():
+    for candidate in (os.environ.get(data.MNIST_ENV), data.mnist.EMBEDDED_DIR):
+        if candidate and all((Path(candidate) / name).exists() for name, _, _ in data.MNIST_FILES):
             return Path(candidate)
     return None
 
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """The local folder of the four official MNIST files (CI sets $ANOMALYMAP_MNIST_DIR)."""
+    """The folder of the four official MNIST files: $ANOMALYMAP_MNIST_DIR, else the embedded data/mnist/."""
     found = _mnist_dir()
     if found is None:
-        pytest.skip(f"no MNIST files: set ${data.MNIST_ENV} to a folder of the four official files")
+        require(
+            f"the MNIST files are missing: {data.mnist.EMBEDDED_DIR} (shipped with the repository) lacks them "
+            f"and ${data.MNIST_ENV} is unset; restore data/mnist/ with `git checkout data/mnist`"
+        )
     return found
 
 
@@ -62,6 +76,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path, data_dir:
     for name, value in {**SMALL, "mnist_dir": str(mnist_dir), "data_dir": str(data_dir)}.items():
         args += ["-p", name, str(value)]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    (out / "runner.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for name in NAMES:
         assert f"{name} done in" in proc.stdout

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomalymap_helpers import data
 from anomalymap_helpers.errors import DataError, ParameterError
+from anomalymap_helpers.pipeline import data
 
 
 @pytest.mark.parametrize(

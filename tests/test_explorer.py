@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from anomalymap_helpers import scoring
-from anomalymap_helpers.explorer import Explorer
-from anomalymap_helpers.model import ConvAutoencoder
+from anomalymap_helpers.pipeline import scoring
+from anomalymap_helpers.pipeline.explorer import Explorer
+from anomalymap_helpers.pipeline.model import ConvAutoencoder
 
 
 @pytest.fixture()

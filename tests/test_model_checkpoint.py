@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomalymap_helpers import checkpoint
 from anomalymap_helpers.errors import CheckpointError
-from anomalymap_helpers.model import ConvAutoencoder, ModelConfig, ReferenceAutoencoder
+from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig, ReferenceAutoencoder
+from anomalymap_helpers.runs import checkpoint
 
 
 def test_shapes_and_range() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from anomalymap_helpers.run import declared_parameters, series
+from anomalymap_helpers.tools.runner import declared_parameters, series
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = series(ROOT / "notebooks")
@@ -69,7 +69,7 @@ def test_ruff_on_package_notebooks_and_tests() -> None:
 
 
 def test_notebook_default_score_is_the_package_default() -> None:
-    from anomalymap_helpers.scoring import DEFAULT_METHOD
+    from anomalymap_helpers.pipeline.scoring import DEFAULT_METHOD
 
     evaluation = [p for p in NOTEBOOKS if p.name.startswith("03_")][0]
     assert declared_parameters(evaluation)["score_method"]["default"].strip("\"'") == DEFAULT_METHOD

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from anomalymap_helpers import metrics, scoring
-from anomalymap_helpers.device import resolve_precision
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.model import ConvAutoencoder
+from anomalymap_helpers.pipeline import metrics, scoring
+from anomalymap_helpers.pipeline.device import resolve_precision
+from anomalymap_helpers.pipeline.model import ConvAutoencoder
 
 
 def test_mse_and_maps_match_numpy() -> None:

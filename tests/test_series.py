@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from anomalymap_helpers.__main__ import main
-from anomalymap_helpers.run import SeriesError, run_series, series
+from anomalymap_helpers.tools.runner import SeriesError, run_series, series
 
 from .conftest import NAMES, ROOT, SMALL
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomalymap_helpers import checkpoint, storage
-from anomalymap_helpers.model import ConvAutoencoder, ModelConfig
+from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
+from anomalymap_helpers.runs import checkpoint, storage
 
 
 def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
@@ -26,7 +26,7 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
 
 
 def test_csv_and_figure_round_trip(tmp_path: Path) -> None:
-    from anomalymap_helpers.plotting import NotebookFigure
+    from anomalymap_helpers.pipeline.plotting import NotebookFigure
 
     storage.write_csv(tmp_path / "s.csv", ["split", "score"], [("test", 0.5)])
     assert (tmp_path / "s.csv").read_text().splitlines() == ["split,score", "test,0.5"]
@@ -39,8 +39,8 @@ def test_csv_and_figure_round_trip(tmp_path: Path) -> None:
 _SAVER = textwrap.dedent(
     """
     import sys, torch
-    from anomalymap_helpers import checkpoint
-    from anomalymap_helpers.model import ConvAutoencoder, ModelConfig
+    from anomalymap_helpers.runs import checkpoint
+    from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
     torch.manual_seed(0)
     model = ConvAutoencoder(ModelConfig(latent_dim=512))
     n = 0

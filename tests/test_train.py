@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomalymap_helpers import checkpoint, train
 from anomalymap_helpers.errors import ParameterError, TrainingError
-from anomalymap_helpers.paths import RunFiles
+from anomalymap_helpers.pipeline import train
+from anomalymap_helpers.runs import checkpoint
+from anomalymap_helpers.runs.paths import RunFiles
 
 CPU = dict(device="cpu", batch_size=64)
 
@@ -59,15 +61,63 @@ def test_resume_equals_an_uninterrupted_run(small_normals, tmp_path: Path) -> No
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(small_normals, tmp_path: Path) -> None:
     x, v = small_normals
+    x = x.clone()
+    files = RunFiles(tmp_path)
+    # On the CPU the training tensor is x itself, so poisoning x after epoch 1 poisons epoch 2.
+    assert train.to_device(x, torch.device("cpu")).data_ptr() == x.data_ptr()
+    kept: dict[str, torch.Tensor] = {}
+
+    def poison(record: dict) -> None:
+        kept.update(_weights(checkpoint.load_model(files.model)))
+        x.fill_(float("nan"))
+
+    with pytest.raises(TrainingError, match=r"epoch 2, step 1.*checkpoint of epoch 1"):
+        train.train(x, v, train.TrainConfig(epochs=2, **CPU), files=files, progress=False, on_epoch=poison)
+    after = _weights(checkpoint.load_model(files.model))
+    assert kept and all(torch.equal(kept[k], after[k]) for k in kept)
+
+
+def test_resume_refuses_other_settings_and_names_them(small_normals, tmp_path: Path) -> None:
+    x, v = small_normals
+    files = RunFiles(tmp_path)
+    train.train(x, v, train.TrainConfig(epochs=2, **CPU), files=files, progress=False)
+    before = files.model.stat().st_mtime_ns
+    cases = [
+        (dict(epochs=3, lr=0.01), r"lr: checkpoint 0\.001, now 0\.01"),
+        (dict(epochs=3, latent_dim=32), r"latent_dim: checkpoint 64, now 32"),
+        (dict(epochs=3, batch_size=32), r"batch_size: checkpoint 64, now 32"),
+        (dict(epochs=1), r"epochs: the checkpoint has 2 done, now 1 asked"),
+    ]
+    for settings, message in cases:
+        cfg = train.TrainConfig(**{**CPU, **settings})
+        with pytest.raises(ParameterError, match=message):
+            train.train(x, v, cfg, files=files, resume=True, progress=False)
+    with pytest.raises(ParameterError, match="the training images differ"):
+        train.train(x[:-64], v, train.TrainConfig(epochs=3, **CPU), files=files, resume=True, progress=False)
+    assert files.model.stat().st_mtime_ns == before
+
+
+def test_resume_with_more_epochs_is_recorded(small_normals, tmp_path: Path) -> None:
+    x, v = small_normals
     files = RunFiles(tmp_path)
     train.train(x, v, train.TrainConfig(epochs=1, **CPU), files=files, progress=False)
-    good = _weights(checkpoint.load_model(files.model))
-    poisoned = x.clone()
-    poisoned[:] = float("nan")
-    with pytest.raises(TrainingError, match=r"epoch 2, step 1.*checkpoint of epoch 1"):
-        train.train(poisoned, v, train.TrainConfig(epochs=2, **CPU), files=files, resume=True, progress=False)
-    after = _weights(checkpoint.load_model(files.model))
-    assert all(torch.equal(good[k], after[k]) for k in good)
+    result = train.train(x, v, train.TrainConfig(epochs=2, **CPU), files=files, resume=True, progress=False)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    saved = json.loads(files.model_config.read_text())
+    assert saved["train"]["epochs"] == 2 and saved["train"]["resumed_after_epoch"] == 1
+    assert saved["train"]["train_images_sha256"] == train.fingerprint(x)
+
+
+def test_the_runner_refuses_a_mixed_resume_before_notebook_01(small_normals, tmp_path: Path) -> None:
+    from anomalymap_helpers.tools.cli import main
+
+    x, v = small_normals
+    files = RunFiles(tmp_path)
+    train.train(x, v, train.TrainConfig(epochs=1, **CPU), files=files, progress=False)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.iterdir())
+    args = ["run", "--results", str(tmp_path), "-p", "resume", "true", "-p", "device", "cpu", "-p", "batch_size", "64"]
+    assert main([*args, "-p", "lr", "0.01"]) == 2
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.iterdir()) == before
 
 
 def test_interrupt_between_epochs_names_the_saved_checkpoint(
@@ -107,8 +157,8 @@ def test_cuda_where_there_is_none_says_how_to_run_on_cpu() -> None:
 _CHILD = textwrap.dedent(
     """
     import sys, torch
-    from anomalymap_helpers import train
-    from anomalymap_helpers.paths import RunFiles
+    from anomalymap_helpers.pipeline import train
+    from anomalymap_helpers.runs.paths import RunFiles
     torch.manual_seed(5)
     x = torch.rand(3000, 1, 28, 28); v = torch.rand(200, 1, 28, 28)
     cfg = train.TrainConfig(epochs=int(sys.argv[2]), batch_size=64, device="cpu")
@@ -150,8 +200,9 @@ def test_sigterm_keeps_the_last_epoch_and_resume_matches(tmp_path: Path) -> None
 
 _FAULTS = """
 import resource, sys, torch
-from anomalymap_helpers import device, train
-from anomalymap_helpers.model import ConvAutoencoder
+from anomalymap_helpers.pipeline import device
+from anomalymap_helpers.pipeline import train
+from anomalymap_helpers.pipeline.model import ConvAutoencoder
 if sys.argv[1] == "retain":
     assert device.retain_freed_memory()
 torch.manual_seed(0)

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, storage
-from .device import Precision, resolve_device, resolve_precision, retain_freed_memory
-from .errors import ParameterError, TrainingError
-from .model import ConvAutoencoder, ModelConfig
-from .paths import RunFiles
+from anomalymap_helpers.errors import ParameterError, TrainingError
+from anomalymap_helpers.pipeline.device import Precision, resolve_device, resolve_precision, retain_freed_memory
+from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
+from anomalymap_helpers.runs import checkpoint, storage
+from anomalymap_helpers.runs.paths import RunFiles
 
 HEADLESS_ENV = "ANOMALYMAP_HEADLESS"
 
@@ -167,6 +167,75 @@ def mean_loss(model: ConvAutoencoder, images: torch.Tensor, precision: Precision
     return float(total) / images[0].numel() / max(1, len(images))
 
 
+# Settings that must match a checkpoint to resume from it (epochs may grow; the device may change).
+RESUME_KEYS = ("batch_size", "lr", "latent_dim", "seed", "amp")
+
+
+def fingerprint(images: torch.Tensor) -> str:
+    """SHA-256 of a tensor's values: which images a checkpoint was trained on."""
+    import hashlib
+
+    return hashlib.sha256(images.detach().cpu().contiguous().numpy().data).hexdigest()
+
+
+def check_resume(files: RunFiles, config: TrainConfig, data_sha256: str | None = None) -> bool:
+    """Whether ``files`` holds a training state that ``config`` can resume; refuse a mix of settings.
+
+    More epochs than were done is allowed (and recorded); anything else that differs is refused.
+
+    Args:
+        files: The run folder.
+        config: The settings asked for now.
+        data_sha256: The training images' :func:`fingerprint`, if known.
+
+    Returns:
+        False when there is no training state to resume (training starts afresh).
+
+    Raises:
+        ParameterError: a setting, the number of epochs or the training images differ;
+            the message names each difference.
+    """
+    if not files.training_state.exists():
+        return False
+    meta = checkpoint.read_metadata(files.training_state)
+    saved, done = meta.get("train_config", {}), int(meta.get("epoch", 0))
+    asked = asdict(config)
+    problems = [f"{k}: checkpoint {saved.get(k)!r}, now {asked[k]!r}" for k in RESUME_KEYS if saved.get(k) != asked[k]]
+    if config.epochs < done:
+        problems.append(f"epochs: the checkpoint has {done} done, now {config.epochs} asked (give epochs >= {done})")
+    if data_sha256 and saved.get("train_images_sha256") not in (None, data_sha256):
+        problems.append("the training images differ from the checkpoint's (notebook 01 made other splits)")
+    if problems:
+        raise ParameterError(
+            f"resume=True cannot continue {files.training_state} with other settings: " + "; ".join(problems)
+            + ". Use the checkpoint's settings, or resume=False to train afresh (the old model is then replaced)"
+        )
+    return True
+
+
+class _Clock:
+    """Images per second and the time left, and whether a headless progress line is due."""
+
+    def __init__(self, total_images: int, every: float) -> None:
+        self.total, self.every, self.done = total_images, every, 0
+        self.t0 = self.last = time.perf_counter()
+
+    def tick(self, images: int) -> bool:
+        self.done += images
+        now = time.perf_counter()
+        if now - self.last < self.every:
+            return False
+        self.last = now
+        return True
+
+    def rate(self) -> float:
+        return self.done / max(time.perf_counter() - self.t0, 1e-9)
+
+    def left(self) -> str:
+        seconds = (self.total - self.done) / max(self.rate(), 1e-9)
+        return f"about {seconds // 60:.0f} min {seconds % 60:.0f} s left" if seconds >= 60 else f"about {seconds:.0f} s left"
+
+
 def train(
     train_images: torch.Tensor,
     val_images: torch.Tensor,
@@ -202,7 +271,7 @@ def train(
         if images.ndim != 4 or len(images) == 0 or not images.is_floating_point():
             raise ParameterError(f"{name} must be a non-empty float tensor (N, C, H, W); got {tuple(images.shape)}")
     device = resolve_device(config.device)
-    precision = resolve_precision(device, config.amp)
+    precision = resolve_precision(device, config.amp, warn=False)  # said in the first line printed
     if device.type == "cpu":
         retain_freed_memory()
     torch.manual_seed(config.seed)
@@ -215,17 +284,21 @@ def train(
         torch.backends.cudnn.benchmark = True
 
     start, history = 0, []
-    if resume and files is not None and files.training_state.exists():
+    data_sha256 = fingerprint(train_images)
+    if resume and files is not None and check_resume(files, config, data_sha256):
         start, history, _ = checkpoint.load_training_state(files.training_state, model, optimizer)
         print(f"resuming after epoch {start} from {files.training_state}")
     x_train, x_val = to_device(train_images, device), to_device(val_images, device)
     n, bs = len(x_train), config.batch_size
     steps = math.ceil(n / bs)
-    print(f"training on {device} in {precision.name} (channels_last), {n:,} images, batch {bs}, {config.epochs} epochs")
+    why = " (amp=True, but this CPU has no native bf16)" if config.amp and precision.name == "fp32" else ""
+    print(f"training on {device} in {precision.name}{why}, channels_last, {n:,} images, batch {bs}, {config.epochs} epochs")
 
-    epoch_bar = progress_bar(config.epochs, "epochs", disable=not progress)
+    plain = headless()  # a log, not a live front end: plain lines instead of bars
+    epoch_bar = progress_bar(config.epochs, "epochs", disable=not progress or plain)
     epoch_bar.update(start)
     saved = start  # epochs whose checkpoint is on disk
+    clock = _Clock(n * (config.epochs - start), every=15.0 if progress and plain else math.inf)
     try:
         with _sigterm_as_interrupt():
             for epoch in range(start, config.epochs):
@@ -234,7 +307,7 @@ def train(
                 gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
                 perm = torch.randperm(n, generator=gen).to(device)
                 total = 0.0
-                step_bar = progress_bar(steps, f"epoch {epoch + 1}", leave=False, disable=not progress or headless())
+                step_bar = progress_bar(steps, f"epoch {epoch + 1}", leave=False, disable=not progress or plain)
                 for step in range(steps):
                     batch = x_train[perm[step * bs : (step + 1) * bs]]
                     value = training_step(model, optimizer, scaler, batch, precision)
@@ -246,6 +319,12 @@ def train(
                         )
                     total += value * len(batch)
                     step_bar.update()
+                    if clock.tick(len(batch)):
+                        print(
+                            f"epoch {epoch + 1}/{config.epochs}  step {step + 1}/{steps}  "
+                            f"loss {total / min(n, (step + 1) * bs):.5f}  {clock.rate():,.0f} images/s  {clock.left()}",
+                            flush=True,
+                        )
                 step_bar.close()
                 seconds = time.perf_counter() - t0
                 val_loss = mean_loss(model, x_val, precision)
@@ -258,14 +337,15 @@ def train(
                 }
                 history.append(record)
                 if files is not None:
-                    save_checkpoint(files, model, optimizer, history, config, precision, device)
+                    extra = {"train_images_sha256": data_sha256, "resumed_after_epoch": start or None}
+                    save_checkpoint(files, model, optimizer, history, config, precision, device, extra)
                     saved = epoch + 1
-                if not headless():  # a text bar redraws on every postfix change: keep it short
-                    epoch_bar.set_postfix(train=f"{record['train_loss']:.5f}", val=f"{val_loss:.5f}")
+                epoch_bar.set_postfix(train=f"{record['train_loss']:.5f}", val=f"{val_loss:.5f}")
                 epoch_bar.update()
+                left = f"  {clock.left()}" if epoch + 1 < config.epochs else ""
                 epoch_bar.write(
                     f"epoch {epoch + 1}/{config.epochs}  train loss {record['train_loss']:.5f}  "
-                    f"val loss {val_loss:.5f}  {record['images_per_s']:,.0f} images/s"
+                    f"val loss {val_loss:.5f}  {record['images_per_s']:,.0f} images/s{left}"
                 )
                 if on_epoch is not None:
                     on_epoch(record)
@@ -293,10 +373,14 @@ def save_checkpoint(
     config: TrainConfig,
     precision: Precision,
     device: torch.device,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write the training state, the model, its JSON config and the loss history (each atomically)."""
+    """Write the training state, the model, its JSON config and the loss history (each atomically).
+
+    ``extra`` (e.g. the training images' fingerprint) is recorded beside the config.
+    """
     epoch = history[-1]["epoch"]
-    cfg = asdict(config)
+    cfg = {**asdict(config), **{k: v for k, v in (extra or {}).items() if v is not None}}
     checkpoint.save_training_state(
         files.training_state, model, optimizer, epoch=epoch, history=history, train_config=cfg
     )

@@ -18,9 +18,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from . import storage
-from .errors import CheckpointError
-from .model import ConvAutoencoder, ModelConfig
+from anomalymap_helpers.errors import CheckpointError
+from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
+from anomalymap_helpers.runs import storage
 
 FORMAT = "anomalymap/1"
 

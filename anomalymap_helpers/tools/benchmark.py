@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import storage
-from .paths import resolve
+from anomalymap_helpers.runs import storage
+from anomalymap_helpers.runs.paths import resolve
 
 PROTOCOLS = ("leave-one-out", "one-class")
 COLUMNS = ["protocol", "digit", "seed", "method", "roc_auc", "average_precision"]
@@ -86,7 +86,7 @@ def one_run(
     mnist: Any, protocol: str, digit: int, seed: int, settings: Settings, device: str = "auto"
 ) -> list[list[Any]]:
     """Train, fit the scorers on normals, score the test set; one row per method."""
-    from . import data, metrics, scoring, train
+    from anomalymap_helpers.pipeline import data, metrics, scoring, train
 
     normal, anomaly = classes(protocol, digit)
     config = data.SplitConfig(normal, anomaly, seed=seed)
@@ -120,7 +120,7 @@ def run_benchmark(
 
     from tqdm.auto import tqdm
 
-    from . import data
+    from anomalymap_helpers.pipeline import data
 
     settings = QUICK if quick else Settings()
     folder = resolve(out)

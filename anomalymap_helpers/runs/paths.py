@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MissingInputError
+from anomalymap_helpers.errors import MissingInputError
 
 DEFAULT_RESULTS_DIR = "results/default"
 DEFAULT_DATA_DIR = "data"

@@ -26,46 +26,59 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import storage
-from .device import Precision, resolve_precision, retain_freed_memory
-from .errors import ParameterError
-from .model import ConvAutoencoder
+from anomalymap_helpers.errors import ParameterError
+from anomalymap_helpers.pipeline.device import Precision, inference_precision, retain_freed_memory
+from anomalymap_helpers.pipeline.model import ConvAutoencoder
+from anomalymap_helpers.runs import storage
 
 
 @torch.inference_mode()
-def reconstruct(
+def infer(
     model: ConvAutoencoder,
     images: torch.Tensor,
     *,
     batch_size: int = 512,
     precision: Precision | None = None,
-    with_latents: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Reconstruct ``images`` ``(N, C, H, W)`` in [0, 1] in inference batches.
+    decode: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The one inference loop: latents, and reconstructions unless ``decode`` is False.
 
-    Runs on the model's device, with bf16/fp16 autocast where the device
-    supports it (pass ``precision`` to choose), and returns float32 on the CPU.
-    Batches of 512 stay in a CPU's cache; larger ones ran slower here.
+    Runs ``images`` ``(N, C, H, W)`` in [0, 1] through the model in batches on the
+    model's device, with :func:`~anomalymap_helpers.pipeline.device.inference_precision`
+    unless ``precision`` is given, and returns float32 tensors on the CPU.
 
     Returns:
-        The reconstructions ``(N, C, H, W)``; with ``with_latents``, also the
-        latents ``(N, latent_dim)`` met on the way (no second encoder pass).
+        ``(reconstructions (N, C, H, W) or None, latents (N, latent_dim))``.
     """
     device = next(model.parameters()).device
-    precision = precision or resolve_precision(device, True, warn=False)
+    precision = precision or inference_precision(device)
     if device.type == "cpu":
         retain_freed_memory()
     model.eval()
-    out = torch.empty(images.shape, dtype=torch.float32)
+    out = torch.empty(images.shape, dtype=torch.float32) if decode else None
     latents = torch.empty(len(images), model.config.latent_dim, dtype=torch.float32)
     for i in range(0, len(images), batch_size):
         batch = images[i : i + batch_size].to(device).contiguous(memory_format=torch.channels_last)
         with precision.autocast():
             z = model.encode(batch)
-            recon = model.decode(z)
-        out[i : i + batch_size] = recon.float().cpu()
+            if out is not None:
+                out[i : i + batch_size] = model.decode(z).float().cpu()
         latents[i : i + batch_size] = z.float().cpu()
-    return (out, latents) if with_latents else out
+    return out, latents
+
+
+def reconstruct(
+    model: ConvAutoencoder, images: torch.Tensor, *, batch_size: int = 512, precision: Precision | None = None
+) -> torch.Tensor:
+    """Reconstructions ``(N, C, H, W)`` float32 of ``images`` (see :func:`infer`)."""
+    return infer(model, images, batch_size=batch_size, precision=precision)[0]
+
+
+def encode(
+    model: ConvAutoencoder, images: torch.Tensor, *, batch_size: int = 512, precision: Precision | None = None
+) -> torch.Tensor:
+    """Latents ``(N, latent_dim)`` float32 of ``images``, without decoding (see :func:`infer`)."""
+    return infer(model, images, batch_size=batch_size, precision=precision, decode=False)[1]
 
 
 def anomaly_maps(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
@@ -99,7 +112,7 @@ class Scored:
 
 def score(model: ConvAutoencoder, images: torch.Tensor, *, batch_size: int = 512) -> Scored:
     """Reconstruct and score ``images`` ``(N, C, H, W)``."""
-    recon, latents = reconstruct(model, images, batch_size=batch_size, with_latents=True)
+    recon, latents = infer(model, images, batch_size=batch_size)
     return Scored(images, recon, anomaly_maps(images, recon), mse_scores(images, recon), latents)
 
 
@@ -180,8 +193,6 @@ class Scorer:
         k: int = 2,
         topk: int = 10,
     ) -> None:
-        from .latent import encode
-
         self.model, self.k, self.topk = model, k, topk
         self.reference = encode(model, train_images)
         base = self._base(val if isinstance(val, Scored) else score(model, val))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ParameterError
+from anomalymap_helpers.errors import ParameterError
 
 
 @dataclass(frozen=True)
@@ -138,3 +138,8 @@ def resolve_precision(device: torch.device, amp: bool = True, *, warn: bool = Tr
             stacklevel=2,
         )
     return Precision("fp32", device.type)
+
+
+def inference_precision(device: torch.device) -> Precision:
+    """The precision every inference path uses on ``device``: mixed where it is native, silently fp32 elsewhere."""
+    return resolve_precision(device, True, warn=False)

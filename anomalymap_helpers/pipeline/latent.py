@@ -1,4 +1,4 @@
-"""The encoder's latent vectors and a seeded t-SNE of them."""
+"""Step 05: the encoder's latent vectors (:func:`encode`, the inference loop of ``scoring``) and a seeded t-SNE."""
 
 from __future__ import annotations
 
@@ -8,27 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import storage
-from .device import resolve_precision
-from .errors import ParameterError
-from .model import ConvAutoencoder
+from anomalymap_helpers.errors import ParameterError
+from anomalymap_helpers.pipeline.scoring import encode
+from anomalymap_helpers.runs import storage
 
-
-@torch.inference_mode()
-def encode(model: ConvAutoencoder, images: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
-    """Latents ``(N, latent_dim)`` float32 on the CPU of images ``(N, C, H, W)``.
-
-    Runs with the device's autocast (bf16 on CPUs that support it), as scoring does.
-    """
-    device = next(model.parameters()).device
-    precision = resolve_precision(device, True, warn=False)
-    model.eval()
-    parts = []
-    for i in range(0, len(images), batch_size):
-        with precision.autocast():
-            z = model.encode(images[i : i + batch_size].to(device).contiguous(memory_format=torch.channels_last))
-        parts.append(z.float().cpu())
-    return torch.cat(parts) if parts else torch.empty(0, model.config.latent_dim)
+__all__ = ["encode", "tsne", "write_embeddings"]
 
 
 def tsne(latents: torch.Tensor | np.ndarray, *, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from .errors import ParameterError
+from anomalymap_helpers.errors import ParameterError
 
 
 def check_percentile(threshold_percentile: float) -> float:

@@ -1,0 +1,283 @@
+"""Every notebook parameter, declared once.
+
+Each :class:`Parameter` says its type, default, meaning, which notebooks take it and
+what values it allows. From this one table:
+
+- the runner refuses an unknown name or a bad value before notebook 01 runs
+  (:func:`validate`), and hands each value to the notebooks that take it;
+- each notebook checks its own values in its first cell (:func:`check_notebook`), so a
+  notebook run alone in JupyterLab refuses them too;
+- ``python -m anomalymap_helpers params`` prints the README's parameter table;
+- the tests check that every notebook's ``parameters`` cell (what ``papermill
+  --help-notebook`` shows) and the README agree with it.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from anomalymap_helpers.errors import ParameterError
+
+
+def _positive_int(name: str, value: int, low: int = 1) -> None:
+    if value < low:
+        raise ParameterError(f"{name}={value!r}: use a whole number of at least {low}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ParameterError(f"{name}={value!r}: use a number above 0")
+
+
+def _one_of(choices: Callable[[], Iterable[str]]) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
+        allowed = list(choices())
+        if value not in allowed:
+            raise ParameterError(f"{name}={value!r}: use one of {allowed}")
+
+    return check
+
+
+def writable_folder(name: str, value: str) -> None:
+    """Refuse a folder that cannot be made or written, without leaving anything behind.
+
+    The nearest existing folder at or above ``value`` must take a new subfolder.
+    """
+    from anomalymap_helpers.runs.paths import resolve
+
+    path = resolve(value)
+    if path.exists() and not path.is_dir():
+        raise ParameterError(f"{name}={value!r} is a file, not a folder: give a folder path")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        Path(tempfile.mkdtemp(prefix=".anomalymap-check-", dir=existing)).rmdir()
+    except OSError as exc:
+        raise ParameterError(
+            f"{name}={value!r}: cannot write there ({exc.strerror or exc} in {existing}): "
+            "choose a folder you can write to"
+        ) from None
+
+
+def _mnist_dir(name: str, value: str) -> None:
+    if value:
+        from anomalymap_helpers.pipeline.data import check_mnist_dir
+
+        check_mnist_dir(value)
+
+
+def _device(name: str, value: str) -> None:
+    from anomalymap_helpers.pipeline.device import resolve_device
+
+    resolve_device(value)
+
+
+def _score_methods() -> tuple[str, ...]:
+    from anomalymap_helpers.pipeline.scoring import METHODS
+
+    return METHODS
+
+
+def _scales() -> tuple[str, ...]:
+    from anomalymap_helpers.pipeline.plotting import SCALES
+
+    return SCALES
+
+
+def _percentile(name: str, value: float) -> None:
+    from anomalymap_helpers.pipeline.metrics import check_percentile
+
+    check_percentile(value)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One notebook parameter.
+
+    Attributes:
+        name: As in the notebooks' ``parameters`` cells and the package's keyword arguments.
+        type: ``int``, ``float``, ``str``, ``bool`` or ``list``.
+        default: The value the notebooks declare.
+        help: The comment beside it in the ``parameters`` cell.
+        notebooks: The numbers of the notebooks that take it, e.g. ``("02",)``.
+        check: Called with ``(name, value)`` once the type is right; raises ParameterError.
+        allowed: What values are allowed, in words (the README's table).
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    notebooks: tuple[str, ...]
+    allowed: str
+    check: Callable[[str, Any], None] | None = None
+
+
+ALL = ("01", "02", "03", "04", "05")
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter(
+        "results_dir", str, "results/default", "run folder that every notebook reads and writes",
+        ALL, "a folder you can write to", writable_folder,
+    ),
+    Parameter(
+        "data_dir", str, "data", "folder of the unpacked MNIST files (MNIST/raw/)",
+        ALL, "a folder you can write to", writable_folder,
+    ),
+    Parameter(
+        "mnist_dir", str, "", "local folder of the 4 MNIST files; \"\": $ANOMALYMAP_MNIST_DIR, else data/mnist/",
+        ALL, "\"\" or a folder holding the four official files", _mnist_dir,
+    ),
+    Parameter(
+        "normal_classes", list, list(range(9)), "digits the model learns as normal",
+        ("01",), "a list of digits 0-9, none also an anomaly",
+    ),
+    Parameter("anomaly_classes", list, [9], "digits that are anomalies in the test set", ("01",), "a list of digits 0-9"),
+    Parameter(
+        "val_fraction", float, 0.1, "share of normal training images held out for validation",
+        ("01",), "between 0 and 1",
+    ),
+    Parameter(
+        "seed", int, 0, "seed of splits, weights, shuffling, samples and t-SNE",
+        ("01", "02", "04", "05"), "0 or more",
+        lambda n, v: _positive_int(n, v, 0),
+    ),
+    Parameter(
+        "max_train", int, 0, "cap on normal training images (0: all)", ("01",), "0, or 2 or more",
+    ),
+    Parameter("max_test", int, 0, "cap on test images (0: all)", ("01",), "0, or 2 or more"),
+    Parameter("epochs", int, 5, "passes over the normal training images", ("02",), "1 or more", _positive_int),
+    Parameter("batch_size", int, 256, "images per optimizer step", ("02",), "1 or more", _positive_int),
+    Parameter("lr", float, 0.001, "Adam learning rate", ("02",), "above 0", _positive),
+    Parameter("latent_dim", int, 64, "size of the bottleneck vector", ("02",), "1 or more", _positive_int),
+    Parameter(
+        "device", str, "auto", "\"auto\" (CUDA if available), \"cpu\", \"cuda\" or \"cuda:N\"",
+        ("02", "03", "04", "05"), "`auto`, `cpu`, `cuda`, `cuda:N` (a GPU this machine has)", _device,
+    ),
+    Parameter(
+        "amp", bool, True, "mixed precision: fp16 on CUDA, bf16 on CPUs that support it",
+        ("02",), "`True` or `False`",
+    ),
+    Parameter(
+        "resume", bool, False, "continue from the last completed epoch's checkpoint",
+        ("02",), "`True` or `False`; the other training settings must match the checkpoint's",
+    ),
+    Parameter(
+        "score_method", str, "latent-knn", "per-image score: mse, topk, ssim, latent-knn or ensemble",
+        ("03",), "`mse`, `topk`, `ssim`, `latent-knn`, `ensemble`", _one_of(_score_methods),
+    ),
+    Parameter(
+        "threshold_percentile", float, 99.0, "percentile of validation normals' scores used as the threshold",
+        ("03",), "strictly between 0 and 100", _percentile,
+    ),
+    Parameter("n_heatmaps", int, 8, "triptychs saved to heatmaps/ in the run folder", ("04",), "1 or more", _positive_int),
+    Parameter(
+        "heatmap_scale", str, "per-image", "colour scale of the maps: \"per-image\" or \"global\"",
+        ("04",), "`per-image`, `global`", _one_of(_scales),
+    ),
+    Parameter(
+        "tsne_samples", int, 500, "cap on test images per kind (normal, anomaly) in the t-SNE",
+        ("05",), "2 or more", lambda n, v: _positive_int(n, v, 2),
+    ),
+    Parameter("perplexity", float, 30.0, "t-SNE perplexity", ("05",), "above 0", _positive),
+)
+
+BY_NAME: dict[str, Parameter] = {p.name: p for p in PARAMETERS}
+NOTEBOOK_NAMES = {
+    "01": "01_data",
+    "02": "02_training",
+    "03": "03_evaluation",
+    "04": "04_explorer",
+    "05": "05_latent",
+}
+
+
+def for_notebook(number: str) -> list[Parameter]:
+    """The parameters notebook ``number`` (``"01"`` ... ``"05"``) takes, in declaration order."""
+    return [p for p in PARAMETERS if number in p.notebooks]
+
+
+def _check_type(p: Parameter, value: Any) -> Any:
+    """``value`` if it is of ``p``'s type (an int passes for a float), else a ParameterError."""
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+        str: lambda v: isinstance(v, str),
+        list: lambda v: isinstance(v, list),
+    }[p.type](value)
+    if not ok:
+        raise ParameterError(
+            f"{p.name}={value!r} ({type(value).__name__}): {p.name} takes a {p.type.__name__} ({p.allowed}), "
+            f"e.g. -p {p.name} {_yaml(p.default)}"
+        )
+    return float(value) if p.type is float else value
+
+
+def _yaml(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"' if value == "" or " " in value else value
+    return str(value)
+
+
+def _config_checks(values: Mapping[str, Any], given: Iterable[str]) -> None:
+    """Check the values that only make sense together (the split's classes, the training config)."""
+    from anomalymap_helpers.pipeline.data import SplitConfig
+    from anomalymap_helpers.pipeline.train import TrainConfig
+
+    for config in (SplitConfig, TrainConfig):
+        names = [f.name for f in fields(config)]
+        if set(names) & set(given) - {"seed"}:
+            config(**{n: values[n] for n in names if n in values})
+
+
+def validate(params: Mapping[str, Any], names: Iterable[str] | None = None) -> dict[str, Any]:
+    """Check ``params`` against the declarations; return every value of ``names``, defaults filled in.
+
+    Args:
+        params: Values by parameter name, as given by the user.
+        names: The parameters in play (default: all of them).
+
+    Raises:
+        ParameterError: an unknown name, or a value of the wrong type or out of range;
+            the message names the parameter, the value and what is allowed.
+    """
+    in_play = list(names) if names is not None else list(BY_NAME)
+    unknown = sorted(set(params) - set(in_play))
+    if unknown:
+        raise ParameterError(f"unknown parameter(s) {unknown}: the notebooks take {sorted(in_play)}")
+    values = {n: params.get(n, BY_NAME[n].default) for n in in_play}
+    for name in in_play:
+        p = BY_NAME[name]
+        values[name] = _check_type(p, values[name])
+        if p.check is not None:
+            p.check(name, values[name])
+    _config_checks(values, in_play)
+    return values
+
+
+def check_notebook(number: str, namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a notebook's own parameters, read from its namespace (``globals()``), before it works.
+
+    Returns:
+        The notebook's parameters by name.
+    """
+    mine = [p.name for p in for_notebook(number)]
+    return validate({n: namespace[n] for n in mine}, mine)
+
+
+def markdown_table() -> str:
+    """The README's parameter table."""
+    lines = ["| parameter | default | notebooks | allowed | meaning |", "|---|---|---|---|---|"]
+    for p in PARAMETERS:
+        where = "all" if p.notebooks == ALL else ", ".join(p.notebooks)
+        default = f'"{p.default}"' if isinstance(p.default, str) else repr(p.default)
+        lines.append(f"| `{p.name}` | `{default}` | {where} | {p.allowed} | {p.help} |")
+    return "\n".join(lines)
+

@@ -1,0 +1,80 @@
+"""Drawing the explorer's view and writing it to files; no widgets here.
+
+Each function takes an :class:`~anomalymap_helpers.pipeline.explorer.view.Explorer`
+(the state: images, maps, scores, threshold, colour scale) and draws from it.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from anomalymap_helpers.errors import ParameterError
+from anomalymap_helpers.pipeline import plotting
+from anomalymap_helpers.runs import storage
+
+if TYPE_CHECKING:
+    from anomalymap_helpers.pipeline.explorer.view import Explorer
+
+
+def figure(ex: Explorer, i: int, threshold: float | None = None, scale: str | None = None) -> Figure:
+    """The [input | reconstruction | anomaly map] view of image ``i`` with its verdict."""
+    scale = scale or ex.scale
+    fig = plotting.NotebookFigure(figsize=(7.5, 2.7), layout="constrained")
+    axes = fig.subplots(1, 3)
+    art = plotting.triptych_axes(
+        axes, ex.images[i], ex.reconstructions[i], ex.maps[i], vmax=ex.global_max if scale == "global" else None
+    )
+    fig.colorbar(art, ax=axes[2], fraction=0.046, pad=0.04, label=f"|x - x̂| ({scale} scale)")
+    fig.suptitle(ex.caption(i, threshold), fontsize=9)
+    return fig
+
+
+def png(ex: Explorer, i: int, threshold: float | None = None, scale: str | None = None) -> bytes:
+    """The view of :func:`figure` as PNG bytes."""
+    buf = io.BytesIO()
+    figure(ex, i, threshold, scale).savefig(buf, format="png", dpi=90)
+    return buf.getvalue()
+
+
+def thumbnails(ex: Explorer, positions: np.ndarray, zoom: int = 3) -> bytes:
+    """A PNG strip of the given images, each framed red (anomaly) or blue (normal).
+
+    Drawn with NumPy and Pillow, not matplotlib, so a gallery redraws in milliseconds.
+    """
+    from PIL import Image
+
+    h, w = ex.images.shape[1:]
+    pad = 2
+    tile_w = w * zoom + 2 * pad
+    strip = np.full((h * zoom + 2 * pad, max(1, len(positions)) * (tile_w + 4), 3), 255, np.uint8)
+    for k, i in enumerate(positions):
+        color = (196, 78, 82) if ex.is_anomaly[i] else (76, 114, 176)
+        x0 = k * (tile_w + 4)
+        strip[:, x0 : x0 + tile_w] = color
+        gray = (np.kron(ex.images[i], np.ones((zoom, zoom))) * 255).astype(np.uint8)
+        strip[pad : pad + h * zoom, x0 + pad : x0 + pad + w * zoom] = gray[..., None]
+    buf = io.BytesIO()
+    Image.fromarray(strip).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_samples(ex: Explorer, folder: str | Path, n: int = 8, *, seed: int = 0) -> list[Path]:
+    """Save ``n`` views as ``folder/sample_NN_digit<label>_called-<verdict>.png`` (atomically).
+
+    Samples an earlier run left in ``folder`` are removed once the new ones are written.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ParameterError(f"n_heatmaps={n!r}: use a whole number of at least 1")
+    out = []
+    for k, i in enumerate(ex.sample(n, seed)):
+        path = Path(folder) / f"sample_{k:02d}_digit{ex.labels[i]}_called-{ex.verdict(i)}.png"
+        storage.save_figure(figure(ex, int(i)), path, dpi=90)
+        out.append(path)
+    for stale in set(Path(folder).glob("sample_*.png")) - set(out):  # from an earlier run of 04
+        stale.unlink()
+    return out

@@ -1,0 +1,187 @@
+"""The explorer's state: which image, which threshold, which colour scale, and what follows.
+
+Reconstructions, maps and scores are computed once and held here; a control change
+only redraws. Everything here is plain NumPy, testable without widgets: drawing lives
+in :mod:`.render`, the ipywidgets in :mod:`.widgets`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from anomalymap_helpers.errors import ParameterError
+from anomalymap_helpers.pipeline import metrics, plotting
+from anomalymap_helpers.pipeline.explorer import render
+from anomalymap_helpers.pipeline.explorer.widgets import GALLERIES, SUBSETS
+from anomalymap_helpers.pipeline.scoring import Scored
+
+
+class Explorer:
+    """Browse test images with their reconstruction, anomaly map, score and verdict.
+
+    Args:
+        scored: The test images, scored (see :func:`anomalymap_helpers.pipeline.scoring.score`).
+        labels: ``(N,)`` class labels.
+        is_anomaly: ``(N,)`` bool.
+        threshold: Scores above it are called anomalies.
+        scores: ``(N,)`` scores to show and threshold; default the MSE of ``scored``.
+        score_name: What the scores are (e.g. ``"latent-knn"``), shown in captions.
+        indices: ``(N,)`` positions in the source dataset, shown in titles.
+        scale: ``"per-image"`` or ``"global"`` colour scale of the map.
+    """
+
+    def __init__(
+        self,
+        scored: Scored,
+        labels: Any,
+        is_anomaly: Any,
+        threshold: float,
+        *,
+        scores: Any = None,
+        score_name: str = "score",
+        indices: Any = None,
+        scale: str = "per-image",
+    ) -> None:
+        if scale not in plotting.SCALES:
+            raise ParameterError(f"heatmap_scale={scale!r}: use one of {list(plotting.SCALES)}")
+        self.images = _plain(scored.images)
+        self.reconstructions = _plain(scored.reconstructions)
+        self.maps = _plain(scored.maps)
+        self.scores = np.asarray(scored.scores if scores is None else scores, dtype=np.float64)
+        self.labels = np.asarray(labels)
+        self.is_anomaly = np.asarray(is_anomaly, dtype=bool)
+        self.indices = np.asarray(indices) if indices is not None else np.arange(len(self.scores))
+        self.threshold = float(threshold)
+        self.scale = scale
+        self.global_max = float(self.maps.max()) if self.maps.size else 1.0
+        self.score_name = score_name
+        self.subset = "all"
+        self.position = 0
+        self._widgets: Any = None
+
+    # ------------------------------------------------------------------ state and what follows from it
+
+    def positions(self, subset: str | None = None) -> np.ndarray:
+        """Positions of the images in ``subset`` (``"all"``, ``"normal"``, ``"anomaly"``)."""
+        subset = subset or self.subset
+        if subset == "all":
+            return np.arange(len(self.scores))
+        if subset == "normal":
+            return np.flatnonzero(~self.is_anomaly)
+        if subset == "anomaly":
+            return np.flatnonzero(self.is_anomaly)
+        raise ParameterError(f"subset={subset!r}: use one of {list(SUBSETS)}")
+
+    def current(self) -> int:
+        """The position (in the test set) of the image shown."""
+        pos = self.positions()
+        return int(pos[min(self.position, len(pos) - 1)])
+
+    def verdict(self, i: int, threshold: float | None = None) -> str:
+        """``"anomaly"`` if image ``i``'s score is above the threshold, else ``"normal"``."""
+        t = self.threshold if threshold is None else threshold
+        return "anomaly" if self.scores[i] > t else "normal"
+
+    def caption(self, i: int, threshold: float | None = None) -> str:
+        """One line: image, label, score against threshold, verdict."""
+        t = self.threshold if threshold is None else threshold
+        truth = "anomaly" if self.is_anomaly[i] else "normal"
+        verdict = self.verdict(i, t)
+        sign = ">" if verdict == "anomaly" else "<="
+        mark = "correct" if verdict == truth else "wrong"
+        return (
+            f"test image #{self.indices[i]} (digit {self.labels[i]}, {truth}): {self.score_name} {self.scores[i]:.5f} "
+            f"{sign} threshold {t:.5f} -> {verdict} ({mark})"
+        )
+
+    def gallery(self, kind: str, n: int = 8, threshold: float | None = None) -> np.ndarray:
+        """Positions of up to ``n`` images of a gallery at ``threshold``.
+
+        ``"top"``: the highest scores; ``"missed"``: anomalies at or under the
+        threshold, lowest score first (the anomalies that look most normal);
+        ``"false-alarm"``: normals above it, highest score first.
+        """
+        t = self.threshold if threshold is None else threshold
+        if kind == "top":
+            return np.argsort(-self.scores, kind="stable")[:n]
+        if kind == "missed":
+            where = np.flatnonzero(self.is_anomaly & (self.scores <= t))
+            return where[np.argsort(self.scores[where], kind="stable")][:n]
+        if kind == "false-alarm":
+            where = np.flatnonzero(~self.is_anomaly & (self.scores > t))
+            return where[np.argsort(-self.scores[where], kind="stable")][:n]
+        raise ParameterError(f"gallery={kind!r}: use one of {list(GALLERIES)}")
+
+    def confusion(self, threshold: float | None = None) -> dict[str, int]:
+        """Counts at ``threshold``: ``tp, fp, tn, fn`` (anomalies are positive)."""
+        tp, fp, tn, fn = metrics.confusion(
+            self.scores, self.is_anomaly, self.threshold if threshold is None else threshold
+        )
+        return {"tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+    def map_range(self, i: int | None = None, scale: str | None = None) -> tuple[float, float]:
+        """The colour range ``(0, top)`` of image ``i``'s map under ``scale``."""
+        i = self.current() if i is None else i
+        if (scale or self.scale) == "global":
+            return 0.0, self.global_max
+        return 0.0, max(float(self.maps[i].max()), 1e-6)
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """Up to ``n`` positions, half anomalies and half normals, chosen with ``seed``."""
+        rng = np.random.default_rng(seed)
+        n_anomaly = min(int(self.is_anomaly.sum()), math.ceil(n / 2))
+        picks = []
+        for mask, k in ((self.is_anomaly, n_anomaly), (~self.is_anomaly, n - n_anomaly)):
+            where = np.flatnonzero(mask)
+            picks.append(rng.choice(where, size=min(k, len(where)), replace=False))
+        return np.concatenate(picks).astype(int)
+
+    # ------------------------------------------------------------------ drawing, files and widgets
+
+    def figure(self, i: int | None = None, threshold: float | None = None, scale: str | None = None) -> Figure:
+        """The [input | reconstruction | anomaly map] view of image ``i`` (default: the current one)."""
+        return render.figure(self, self.current() if i is None else i, threshold, scale)
+
+    def png(self, i: int | None = None, threshold: float | None = None, scale: str | None = None) -> bytes:
+        """The view of :meth:`figure` as PNG bytes."""
+        return render.png(self, self.current() if i is None else i, threshold, scale)
+
+    def save_samples(self, folder: str | Path, n: int = 8, *, seed: int = 0) -> list[Path]:
+        """Save ``n`` sampled views under ``folder`` (see :func:`.render.save_samples`)."""
+        return render.save_samples(self, folder, n, seed=seed)
+
+    def controls(self) -> dict[str, Any]:
+        """The explorer's widgets by name (built on first use)."""
+        if self._widgets is None:
+            from anomalymap_helpers.pipeline.explorer.widgets import ExplorerWidgets
+
+            self._widgets = ExplorerWidgets(self)
+        return self._widgets.controls
+
+    def widget(self) -> Any:
+        """The ipywidgets explorer (built once, then reused)."""
+        self.controls()
+        return self._widgets.box
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        """The widget where a front end renders widgets; a PNG of the same view elsewhere."""
+        bundle: dict[str, Any] = {}
+        with contextlib.suppress(ImportError):  # without ipywidgets: the static view alone
+            bundle = self.widget()._repr_mimebundle_(**kwargs) or {}
+        bundle["image/png"] = base64.b64encode(self.png()).decode("ascii")
+        bundle["text/plain"] = self.caption(self.current())
+        return bundle
+
+
+def _plain(x: Any) -> np.ndarray:
+    """``(N, 1, H, W)`` tensor or array to ``(N, H, W)`` float32 NumPy."""
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return a.reshape(len(a), *a.shape[-2:]).astype(np.float32, copy=False)

@@ -1,0 +1,160 @@
+"""The explorer's ipywidgets: the controls, and what each does to the view.
+
+Every handler reads the controls into the :class:`~anomalymap_helpers.pipeline.explorer.view.Explorer`
+state and redraws through :mod:`~anomalymap_helpers.pipeline.explorer.render`; nothing here
+decides a verdict or a gallery.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from anomalymap_helpers.pipeline import plotting
+from anomalymap_helpers.pipeline.explorer import render
+
+if TYPE_CHECKING:
+    from anomalymap_helpers.pipeline.explorer.view import Explorer
+
+SUBSETS = {"all": "all test images", "normal": "normal images", "anomaly": "anomalies"}
+GALLERIES = {
+    "top": "most anomalous",
+    "missed": "missed anomalies (most normal-looking)",
+    "false-alarm": "false alarms (most anomalous normals)",
+}
+
+
+def threshold_slider(scores: np.ndarray, value: float) -> Any:
+    """A log slider for positive scores (errors and distances are skewed), else a linear one."""
+    import ipywidgets as w
+
+    lo, hi = float(scores.min()), float(scores.max())
+    if lo > 0:
+        return w.FloatLogSlider(
+            value=value,
+            base=10,
+            min=math.log10(lo),
+            max=math.log10(hi),
+            step=(math.log10(hi) - math.log10(lo)) / 400 or 0.01,
+            description="threshold",
+            readout_format=".5f",
+        )
+    return w.FloatSlider(
+        value=value, min=lo, max=hi, step=(hi - lo) / 400 or 0.01, description="threshold", readout_format=".4f"
+    )
+
+
+def confusion_html(counts: dict[str, int]) -> str:
+    """The confusion counts as a small HTML table, with precision and recall."""
+    tp, fp, tn, fn = counts["tp"], counts["fp"], counts["tn"], counts["fn"]
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return (
+        "<table class='anomalymap-confusion' style='border-collapse:collapse'>"
+        "<tr><th></th><th>called normal</th><th>called anomaly</th></tr>"
+        f"<tr><th>normal</th><td>{tn:,}</td><td>{fp:,}</td></tr>"
+        f"<tr><th>anomaly</th><td>{fn:,}</td><td>{tp:,}</td></tr></table>"
+        f"precision {precision:.3f} &middot; recall {recall:.3f}"
+    )
+
+
+class ExplorerWidgets:
+    """The controls of one explorer and their handlers.
+
+    Attributes:
+        controls: The widgets by name (``subset``, ``image``, ``threshold``, ``scale``,
+            ``view``, ``status``, ``confusion``, ``gallery``, ``strip``, ``picks``).
+        box: The whole explorer, ready to display.
+    """
+
+    def __init__(self, ex: Explorer, gallery_size: int = 8) -> None:
+        import ipywidgets as w
+
+        self.ex, self.gallery_size = ex, gallery_size
+        self.shown: list[int] = []
+        c = self.controls = {
+            "subset": w.Dropdown(options=[(v, k) for k, v in SUBSETS.items()], value=ex.subset, description="show"),
+            "image": w.IntSlider(0, 0, len(ex.positions()) - 1, description="image"),
+            "threshold": threshold_slider(ex.scores, ex.threshold),
+            "scale": w.ToggleButtons(options=list(plotting.SCALES), value=ex.scale, description="colour scale"),
+            "view": w.Image(format="png"),
+            "status": w.HTML(),
+            "confusion": w.HTML(),
+            "gallery": w.Dropdown(options=[(v, k) for k, v in GALLERIES.items()], value="top", description="gallery"),
+            "strip": w.Image(format="png"),
+            "picks": w.ToggleButtons(options=[], description="open", style={"button_width": "84px"}),
+        }
+        css = {"strip": "gallery-strip", "picks": "gallery-open"}
+        for name, widget in c.items():
+            widget.add_class(f"anomalymap-{css.get(name, name)}")
+        c["subset"].observe(self.on_subset, names="value")
+        c["image"].observe(self.redraw, names="value")
+        c["scale"].observe(self.redraw, names="value")
+        c["threshold"].observe(self.on_threshold, names="value")
+        c["gallery"].observe(self.regallery, names="value")
+        c["picks"].observe(self.open_pick, names="value")
+        self.redraw()
+        self.recount()
+        self.regallery()
+        self.box = w.VBox(
+            [
+                w.HBox([c["subset"], c["image"]]),
+                w.HBox([c["threshold"], c["scale"]]),
+                c["status"],
+                c["view"],
+                w.HBox([c["confusion"]]),
+                c["gallery"],
+                c["strip"],
+                c["picks"],
+            ]
+        )
+
+    def redraw(self, *_: Any) -> None:
+        """Read the controls into the state; draw the view and its verdict."""
+        c, ex = self.controls, self.ex
+        ex.subset, ex.position = c["subset"].value, c["image"].value
+        ex.threshold, ex.scale = c["threshold"].value, c["scale"].value
+        i = ex.current()
+        c["view"].value = render.png(ex, i)
+        verdict = ex.verdict(i)
+        color = plotting.ANOMALY_COLOR if verdict == "anomaly" else plotting.NORMAL_COLOR
+        c["status"].value = (
+            f"<b style='color:{color}'>{verdict.upper()}</b> &nbsp; {ex.caption(i)}"
+            f"<br><span class='anomalymap-range'>map colour range 0 to {ex.map_range(i)[1]:.4f} ({ex.scale})</span>"
+        )
+
+    def recount(self, *_: Any) -> None:
+        """The confusion matrix at the slider's threshold."""
+        self.controls["confusion"].value = confusion_html(self.ex.confusion(self.controls["threshold"].value))
+
+    def regallery(self, *_: Any) -> None:
+        """The gallery strip and its buttons at the slider's threshold."""
+        c = self.controls
+        self.shown[:] = [int(i) for i in self.ex.gallery(c["gallery"].value, self.gallery_size, c["threshold"].value)]
+        c["strip"].value = render.thumbnails(self.ex, np.array(self.shown, dtype=int))
+        c["picks"].unobserve(self.open_pick, names="value")
+        c["picks"].options = [(f"{k + 1}: {self.ex.labels[i]}", k) for k, i in enumerate(self.shown)]
+        c["picks"].value = None
+        c["picks"].observe(self.open_pick, names="value")
+
+    def open_pick(self, change: Any) -> None:
+        """Open the gallery image whose button was chosen."""
+        if change["new"] is None:
+            return
+        target = self.shown[change["new"]]
+        if self.controls["subset"].value != "all":
+            self.controls["subset"].value = "all"  # on_subset resets the slider; then jump
+        self.controls["image"].value = target
+
+    def on_subset(self, _: Any) -> None:
+        self.controls["image"].max = len(self.ex.positions(self.controls["subset"].value)) - 1
+        self.controls["image"].value = 0
+        self.redraw()
+
+    def on_threshold(self, _: Any) -> None:
+        self.redraw()
+        self.recount()
+        if self.controls["gallery"].value != "top":
+            self.regallery()

@@ -1,0 +1,102 @@
+"""One run folder opened for the notebooks after training (03, 04, 05) and the tools.
+
+``Run.open(results_dir, ...)`` reads the splits that 01 wrote and chooses the device;
+the model that 02 wrote and the evaluation that 03 wrote are read when first asked
+for, each with a message naming the notebook to run when it is missing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from anomalymap_helpers.errors import DataError
+from anomalymap_helpers.pipeline import data
+from anomalymap_helpers.pipeline.device import Precision, inference_precision, resolve_device
+from anomalymap_helpers.runs import checkpoint, storage
+from anomalymap_helpers.runs.paths import DEFAULT_DATA_DIR, RunFiles
+
+if TYPE_CHECKING:
+    from anomalymap_helpers.pipeline.explorer import Explorer
+    from anomalymap_helpers.pipeline.model import ConvAutoencoder
+
+
+@dataclass
+class Run:
+    """A run folder with its splits, and its model and evaluation on demand.
+
+    Attributes:
+        files: The run's files.
+        splits: ``{"train", "val", "test"}``: the images of each split.
+        manifest: What notebook 01 wrote about the splits (``splits.json``).
+        device: Where the model runs.
+    """
+
+    files: RunFiles
+    splits: dict[str, data.Split]
+    manifest: dict[str, Any]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @classmethod
+    def open(
+        cls,
+        results_dir: str | os.PathLike[str],
+        *,
+        data_dir: str = DEFAULT_DATA_DIR,
+        mnist_dir: str | None = None,
+        device: str = "auto",
+    ) -> Run:
+        """Open ``results_dir`` (made by notebook 01 at least) on ``device``."""
+        files = RunFiles.at(results_dir)
+        target = resolve_device(device)
+        splits, manifest = data.load_splits(files, data_dir=data_dir, mnist_dir=mnist_dir)
+        return cls(files, splits, manifest, target)
+
+    @property
+    def precision(self) -> Precision:
+        """The precision of every inference on this run's device."""
+        return inference_precision(self.device)
+
+    @cached_property
+    def model(self) -> ConvAutoencoder:
+        """The trained autoencoder (``model.safetensors``, written by notebook 02), in eval mode."""
+        return checkpoint.load_model(self.files.require(self.files.model, "02_training"), device=self.device)
+
+    @cached_property
+    def evaluation(self) -> dict[str, Any]:
+        """What notebook 03 wrote to ``metrics.json``: the score method, threshold and metrics."""
+        return storage.read_json(self.files.require(self.files.metrics, "03_evaluation"))
+
+    @cached_property
+    def test_scores(self) -> torch.Tensor:
+        """The ``(N,)`` scores notebook 03 gave the test split, in the split's order."""
+        from anomalymap_helpers.pipeline import scoring
+
+        indices, scores = scoring.read_scores(self.files.require(self.files.scores, "03_evaluation"), "test")
+        if not torch.equal(indices, self.splits["test"].indices):
+            raise DataError(
+                f"the scores in {self.files.scores} are of other splits than {self.files.splits}: "
+                "run notebook 03_evaluation again"
+            )
+        return scores
+
+    def explorer(self, scale: str = "per-image") -> Explorer:
+        """The heatmap explorer of the test split, with the score and threshold of notebook 03."""
+        from anomalymap_helpers.pipeline import scoring
+        from anomalymap_helpers.pipeline.explorer import Explorer
+
+        test = self.splits["test"]
+        return Explorer(
+            scoring.score(self.model, test.images),  # reconstructions and maps, computed once
+            test.labels,
+            test.is_anomaly,
+            self.evaluation["threshold"],
+            scores=self.test_scores,
+            score_name=self.evaluation.get("score", "mse"),
+            indices=test.indices,
+            scale=scale,
+        )

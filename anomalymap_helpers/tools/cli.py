@@ -1,0 +1,114 @@
+"""The command line: ``python -m anomalymap_helpers run|params|benchmark|speed|explorer-latency ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from anomalymap_helpers.errors import AnomalyMapError
+
+
+def _run(args: argparse.Namespace) -> int:
+    from anomalymap_helpers.tools.runner import read_parameters, run_series
+
+    run_series(read_parameters(args.file or [], args.param or []), args.results)
+    return 0
+
+
+def _params(args: argparse.Namespace) -> int:
+    from anomalymap_helpers.parameters import markdown_table
+
+    print(markdown_table())
+    return 0
+
+
+def _speed(args: argparse.Namespace) -> int:
+    from anomalymap_helpers.tools.speed import run_speed
+
+    run_speed(
+        args.epochs,
+        args.out,
+        seed=args.seed,
+        mnist_dir=args.mnist_dir,
+        max_train=args.max_train,
+        reference_retains_memory=not args.reference_glibc_defaults,
+    )
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from anomalymap_helpers.tools.benchmark import PROTOCOLS, run_benchmark
+
+    protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
+    run_benchmark(
+        protocols,
+        tuple(args.digits),
+        args.seeds,
+        args.out,
+        quick=args.quick,
+        mnist_dir=args.mnist_dir,
+        device=args.device,
+    )
+    return 0
+
+
+def _latency(args: argparse.Namespace) -> int:
+    import json
+
+    from anomalymap_helpers.runs import storage
+    from anomalymap_helpers.runs.opened import Run
+    from anomalymap_helpers.tools.latency import measure_latency
+
+    run = Run.open(args.results, mnist_dir=args.mnist_dir)
+    result = {"moves": args.moves, **measure_latency(run.explorer(), args.moves)}
+    print(json.dumps(result, indent=2))
+    storage.write_json(run.files.root / "explorer_latency.json", result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m anomalymap_helpers", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute the five notebooks in order with papermill")
+    run.add_argument(
+        "-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), help="a parameter (YAML value)"
+    )
+    run.add_argument("-f", "--file", action="append", metavar="PARAMS.yaml", help="a YAML file of parameters")
+    run.add_argument("--results", metavar="DIR", help="the run folder (default results/default)")
+    run.set_defaults(func=_run)
+    params = sub.add_parser("params", help="print every notebook parameter as a markdown table")
+    params.set_defaults(func=_params)
+    speed = sub.add_parser("speed", help="training and scoring throughput against the reference loop")
+    speed.add_argument("--epochs", type=int, default=5, help="epochs of each training path (default 5)")
+    speed.add_argument("--out", default="results/speed", metavar="DIR", help="where speed.json goes")
+    speed.add_argument("--seed", type=int, default=0)
+    speed.add_argument("--mnist-dir", default=None, help="local MNIST folder (default $ANOMALYMAP_MNIST_DIR)")
+    speed.add_argument("--max-train", type=int, default=None, help="cap on normal training images, for a quick run")
+    speed.add_argument(
+        "--reference-glibc-defaults",
+        action="store_true",
+        help="run the reference loop without keeping freed memory (its speed then varies between runs)",
+    )
+    speed.set_defaults(func=_speed)
+    bench = sub.add_parser("benchmark", help="ROC-AUC per digit over the leave-one-out and one-class protocols")
+    bench.add_argument("--protocol", choices=["leave-one-out", "one-class", "both"], default="both")
+    bench.add_argument("--digits", type=int, nargs="+", default=list(range(10)), choices=range(10), metavar="D")
+    bench.add_argument("--seeds", type=int, default=3, help="seeds per digit (default 3)")
+    bench.add_argument("--out", default="results/benchmark", metavar="DIR")
+    bench.add_argument("--quick", action="store_true", help="fewer epochs (use with --seeds 1 for minutes)")
+    bench.add_argument("--mnist-dir", default=None, help="local MNIST folder (default $ANOMALYMAP_MNIST_DIR)")
+    bench.add_argument("--device", default="auto")
+    bench.set_defaults(func=_benchmark)
+    lat = sub.add_parser("explorer-latency", help="milliseconds from a slider move to the redrawn explorer view")
+    lat.add_argument("--results", default="results/default", metavar="DIR", help="a run folder made by notebooks 01-03")
+    lat.add_argument("--moves", type=int, default=40)
+    lat.add_argument("--mnist-dir", default=None)
+    lat.set_defaults(func=_latency)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except AnomalyMapError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
+

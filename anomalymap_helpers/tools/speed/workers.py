@@ -1,0 +1,159 @@
+"""The two training paths the speed benchmark measures, each run in its own process.
+
+- :func:`reference_worker`: the original design's loop, written here as it had it;
+- :func:`project_worker`: the project's path (``train.train``), then the scoring and
+  t-SNE the notebooks use.
+
+Each waits for its turn (a ``"go"`` on its pipe) before every epoch, so the harness
+can make them take turns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import resource
+import statistics
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from anomalymap_helpers.tools.speed.profile import step_breakdown
+
+
+def _data(data_dir: str, mnist_dir: str | None, max_train: int | None) -> dict[str, Any]:
+    from anomalymap_helpers.pipeline import data
+
+    mnist = data.load_mnist(data_dir, mnist_dir)
+    config = data.SplitConfig(max_train=max_train)
+    return data.take(mnist, data.make_splits(mnist.train_labels, mnist.test_labels, config), config.anomaly_classes)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _roc_auc(scores: torch.Tensor, is_anomaly: torch.Tensor) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(is_anomaly.numpy(), scores.numpy()))
+
+
+def _wait_for_turn(conn: Connection) -> None:
+    if conn.recv() != "go":
+        raise SystemExit(0)
+
+
+def reference_worker(
+    conn: Connection,
+    epochs: int,
+    seed: int,
+    data_dir: str,
+    mnist_dir: str | None,
+    max_train: int | None,
+    retain_memory: bool = True,
+) -> dict:
+    """The original design's loop: fp32, DataLoader over a TensorDataset, batch 256, Adam 1e-3.
+
+    With ``retain_memory`` it runs under the same allocator setting as the project's
+    path (:func:`~anomalymap_helpers.device.retain_freed_memory`). Under glibc's
+    defaults its speed depends on the process's allocation history, which decides
+    how many freed blocks are unmapped and faulted in again each step: 1,500 to
+    2,100 images/s between runs here (``speed --reference-glibc-defaults``).
+    """
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from anomalymap_helpers.pipeline.device import retain_freed_memory
+    from anomalymap_helpers.pipeline.model import ConvAutoencoder, ReferenceAutoencoder
+
+    if retain_memory:
+        retain_freed_memory()
+    d = _data(data_dir, mnist_dir, max_train)
+    torch.manual_seed(seed)
+    model = ReferenceAutoencoder(ConvAutoencoder())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(d["train"].images), batch_size=256, shuffle=True)
+    criterion = torch.nn.MSELoss()
+    rates = []
+    for _ in range(epochs):
+        _wait_for_turn(conn)
+        model.train()
+        t0 = time.perf_counter()
+        for (batch,) in loader:
+            optimizer.zero_grad()
+            loss = criterion(model(batch), batch)
+            loss.backward()
+            optimizer.step()
+        rates.append(len(d["train"].images) / (time.perf_counter() - t0))
+        conn.send(("epoch", rates[-1]))
+    _wait_for_turn(conn)
+    model.eval()
+    with torch.no_grad():
+        val = torch.cat([model(b) for b in d["val"].images.split(1024)])
+        val_loss = float(((val - d["val"].images) ** 2).mean())
+        recon = torch.cat([model(b) for b in d["test"].images.split(1024)])
+    scores = ((recon - d["test"].images) ** 2).flatten(1).mean(1)
+    return {
+        "train_images_per_s": statistics.median(rates),
+        "epoch_images_per_s": rates,
+        "val_loss": val_loss,
+        "roc_auc": _roc_auc(scores, d["test"].is_anomaly),
+        "peak_rss_mb": _peak_rss_mb(),
+        "precision": "fp32",
+        "retain_memory": retain_memory,
+    }
+
+
+def project_worker(
+    conn: Connection, epochs: int, seed: int, data_dir: str, mnist_dir: str | None, max_train: int | None
+) -> dict:
+    """The project's path: train.train, then the scoring and t-SNE the notebooks use."""
+    from anomalymap_helpers.pipeline import data, latent, scoring, train
+
+    def next_epoch(record: dict[str, float]) -> None:
+        conn.send(("epoch", record["images_per_s"]))
+        if record["epoch"] < epochs:
+            _wait_for_turn(conn)
+
+    d = _data(data_dir, mnist_dir, max_train)
+    _wait_for_turn(conn)
+    with contextlib.redirect_stdout(io.StringIO()):  # the parent prints both paths' epochs
+        result = train.train(
+            d["train"].images,
+            d["val"].images,
+            train.TrainConfig(epochs=epochs, seed=seed),
+            progress=False,
+            on_epoch=next_epoch,
+        )
+    _wait_for_turn(conn)
+    model = result.model
+    scoring.score(model, d["test"].images[:2048])  # warm-up
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        scored = scoring.score(model, d["test"].images)
+        times.append(time.perf_counter() - t0)
+    is_anomaly = d["test"].is_anomaly
+    pick = torch.cat([data.sample_indices(~is_anomaly, 500, seed), data.sample_indices(is_anomaly, 500, seed)])
+    t0 = time.perf_counter()
+    latent.tsne(latent.encode(model, d["test"].images[pick]), seed=seed)
+    tsne_s = time.perf_counter() - t0
+    rates = [h["images_per_s"] for h in result.history]
+    peak_rss_mb = _peak_rss_mb()  # before the profiler's own memory
+    cpu = result.device.type == "cpu"
+    breakdown = step_breakdown(d["train"].images, result.precision, model.config) if cpu else None
+    return {
+        "train_images_per_s": statistics.median(rates),
+        "epoch_images_per_s": rates,
+        "val_loss": result.history[-1]["val_loss"],
+        "roc_auc": _roc_auc(scored.scores, is_anomaly),
+        "peak_rss_mb": peak_rss_mb,
+        "precision": result.precision.name,
+        "device": str(result.device),
+        "scoring_images_per_s": len(d["test"].images) / statistics.median(times),
+        "tsne_seconds": tsne_s,
+        "tsne_points": len(pick),
+        "step_breakdown": breakdown,
+    }
