@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from anomalymap_helpers.__main__ import main
+from anomalymap_helpers.tools.cli import main
 from anomalymap_helpers.tools.runner import SeriesError, run_series, series
 
 from .conftest import NAMES, ROOT, SMALL
@@ -100,3 +100,52 @@ def test_unknown_or_bad_parameters_fail_before_any_work(tmp_path: Path, capsys: 
     assert main(["run", "-p", "mnist_dir", str(tmp_path), "--results", str(results)]) == 1
     assert "train-images-idx3-ubyte.gz (or train-images-idx3-ubyte) is missing" in capsys.readouterr().err
     assert not results.exists()
+
+
+def test_runner_echoes_progress_without_kernel_noise(run_dir: Path) -> None:
+    log = (run_dir / "runner.log").read_text()
+    assert "  01 | train " in log  # notebook 01's split counts
+    epoch_lines = [line for line in log.splitlines() if line.startswith("  02 | epoch 1/1")]
+    assert epoch_lines and "images/s" in epoch_lines[-1] and "val loss" in epoch_lines[-1]
+    assert "without encryption" not in log and "\r" not in log
+
+
+def test_a_failed_run_says_which_files_are_new(tmp_path: Path, mnist_dir: Path, data_dir: Path) -> None:
+    results = tmp_path / "run"
+    results.mkdir()
+    (results / "metrics.json").write_text("{}")  # an earlier run's evaluation
+    notebooks = [p for p in series(ROOT / "notebooks") if p.name[:2] in ("01", "03")]
+    params = {"max_train": 200, "max_test": 100, "mnist_dir": str(mnist_dir), "data_dir": str(data_dir)}
+    with pytest.raises(SeriesError) as info:
+        run_series(params, results, notebooks=notebooks, echo=lambda line: None)
+    text = str(info.value)
+    assert "03_evaluation.ipynb failed" in text and "run notebook 02_training first" in text
+    new = text.split("now from this run: ")[1].splitlines()[0]
+    kept = text.split("from the earlier run (not in step with the new ones): ")[1].splitlines()[0]
+    assert "splits.json" in new and "splits.safetensors" in new and "metrics.json" not in new
+    assert kept == "metrics.json"
+    assert (results / "metrics.json").read_text() == "{}"
+
+
+def test_run_opens_a_trained_run(run_dir: Path, data_dir: Path) -> None:
+    from anomalymap_helpers.runs.opened import Run
+
+    run = Run.open(run_dir, data_dir=str(data_dir), device="cpu")
+    assert len(run.splits["test"]) == SMALL["max_test"] and run.model.config.latent_dim == 64
+    assert run.test_scores.shape == (SMALL["max_test"],)
+    assert run.evaluation["score"] == "latent-knn"
+    explorer = run.explorer()
+    assert explorer.threshold == run.evaluation["threshold"]
+
+
+def test_run_without_a_model_names_notebook_02(tmp_path: Path, mnist_dir: Path, data_dir: Path) -> None:
+    from anomalymap_helpers.errors import MissingInputError
+    from anomalymap_helpers.pipeline import data
+    from anomalymap_helpers.runs.opened import Run
+    from anomalymap_helpers.runs.paths import RunFiles
+
+    mnist = data.load_mnist(data_dir, str(mnist_dir))
+    data.write_splits(RunFiles(tmp_path), mnist, data.SplitConfig(max_train=200), data_dir=str(data_dir), mnist_dir="")
+    run = Run.open(tmp_path, data_dir=str(data_dir), device="cpu")
+    with pytest.raises(MissingInputError, match="no model.safetensors .* run notebook 02_training first"):
+        assert run.model is None

@@ -20,10 +20,11 @@ from __future__ import annotations
 import csv
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.runs import storage
 from anomalymap_helpers.runs.paths import resolve
 
@@ -103,6 +104,50 @@ def one_run(
     return rows
 
 
+def key(settings: Settings, quick: bool) -> dict[str, Any]:
+    """Everything a row of ``benchmark.csv`` depends on, besides its protocol, digit and seed."""
+    from anomalymap_helpers.pipeline.scoring import METHODS
+
+    return {"quick": quick, **asdict(settings), "methods": list(METHODS)}
+
+
+def check_settings(folder: Path, settings: Settings, quick: bool) -> dict[str, Any]:
+    """The settings to record; refuse to resume a folder whose rows were made with other settings.
+
+    Raises:
+        ParameterError: ``folder`` holds rows of other settings (named, with both values).
+    """
+    wanted = key(settings, quick)
+    saved_path = folder / "settings.json"
+    if (folder / "benchmark.csv").exists() and saved_path.exists():
+        saved = storage.read_json(saved_path)
+        differ = [f"{k}: there {saved.get(k)!r}, now {v!r}" for k, v in wanted.items() if saved.get(k) != v]
+        if differ:
+            raise ParameterError(
+                f"{folder} holds benchmark rows made with other settings ({'; '.join(differ)}): "
+                "give another --out, or delete that folder to start over"
+            )
+    elif (folder / "benchmark.csv").exists():
+        raise ParameterError(
+            f"{folder}/benchmark.csv has no settings.json beside it, so its rows cannot be matched to these "
+            "settings: give another --out, or delete that folder to start over"
+        )
+    return wanted
+
+
+def _commit() -> str | None:
+    """The git commit of the checkout, where there is one."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
 def run_benchmark(
     protocols: tuple[str, ...] = PROTOCOLS,
     digits: tuple[int, ...] = tuple(range(10)),
@@ -124,9 +169,10 @@ def run_benchmark(
 
     settings = QUICK if quick else Settings()
     folder = resolve(out)
-    folder.mkdir(parents=True, exist_ok=True)
     csv_path = folder / "benchmark.csv"
-    storage.write_json(folder / "settings.json", {"quick": quick, **settings.__dict__})
+    recorded = check_settings(folder, settings, quick)
+    folder.mkdir(parents=True, exist_ok=True)
+    storage.write_json(folder / "settings.json", {**recorded, "commit": _commit()})
     mnist = data.load_mnist(data_dir, mnist_dir)
     todo = [(p, d, s) for p in protocols for d in digits for s in range(seeds)]
     done = _done(csv_path)
@@ -160,23 +206,28 @@ def summarize(csv_path: Path, protocols: tuple[str, ...], digits: tuple[int, ...
         if part.empty:
             continue
         methods = list(dict.fromkeys(part.method))
-        lines = [f"### {protocol}: ROC-AUC, mean ± std over {part.seed.nunique()} seed(s)", ""]
+        lines = [f"### {protocol}: ROC-AUC, mean ± sample std (ddof=1) over {part.seed.nunique()} seed(s)", ""]
         lines.append("| digit | " + " | ".join(methods) + " |")
         lines.append("|---|" + "---:|" * len(methods))
         for d in sorted(part.digit.unique()):
             cells = []
             for m in methods:
                 v = part[(part.digit == d) & (part.method == m)].roc_auc
-                cells.append(f"{v.mean():.3f} ± {v.std(ddof=0):.3f}")
+                cells.append(f"{v.mean():.3f} ± {_std(v)}")
             lines.append(f"| {d} | " + " | ".join(cells) + " |")
         # The mean over digits per seed, then mean ± std of that over seeds.
         per_seed = part.groupby(["method", "seed"]).roc_auc.mean().groupby("method")
         lines.append(
             "| **mean** | "
-            + " | ".join(f"**{per_seed.mean()[m]:.3f}** ± {per_seed.std(ddof=0)[m]:.3f}" for m in methods)
+            + " | ".join(f"**{per_seed.mean()[m]:.3f}** ± {_std(per_seed.get_group(m))}" for m in methods)
             + " |"
         )
         ap = part.groupby("method").average_precision.mean()
         lines.append("| mean AP | " + " | ".join(f"{ap[m]:.3f}" for m in methods) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out)
+
+
+def _std(values: Any) -> str:
+    """The sample standard deviation (ddof=1) to 3 places; a dash for a single seed."""
+    return f"{values.std(ddof=1):.3f}" if len(values) > 1 else "—"

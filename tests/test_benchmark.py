@@ -1,0 +1,40 @@
+"""The detection benchmark: its resume keys on every setting; its table uses the sample std."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from anomalymap_helpers.errors import ParameterError
+from anomalymap_helpers.tools import benchmark
+
+
+def _rows(folder: Path, aucs: list[float]) -> Path:
+    path = folder / "benchmark.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(benchmark.COLUMNS)
+        for seed, auc in enumerate(aucs):
+            w.writerow(["leave-one-out", 9, seed, "mse", auc, 0.5])
+    return path
+
+
+def test_resume_refuses_rows_of_other_settings(tmp_path: Path) -> None:
+    _rows(tmp_path, [0.6])
+    quick = benchmark.check_settings(tmp_path / "new", benchmark.QUICK, True)
+    (tmp_path / "settings.json").write_text(__import__("json").dumps(quick))
+    assert benchmark.check_settings(tmp_path, benchmark.QUICK, True) == quick
+    with pytest.raises(ParameterError, match=r"quick: there True, now False.*epochs_leave_one_out: there 2, now 5"):
+        benchmark.check_settings(tmp_path, benchmark.Settings(), False)
+    (tmp_path / "settings.json").unlink()
+    with pytest.raises(ParameterError, match="no settings.json beside it"):
+        benchmark.check_settings(tmp_path, benchmark.QUICK, True)
+
+
+def test_summary_reports_the_sample_std(tmp_path: Path) -> None:
+    path = _rows(tmp_path, [0.6, 0.7, 0.8])
+    table = benchmark.summarize(path, ("leave-one-out",), (9,), 3)
+    assert "| 9 | 0.700 ± 0.100 |" in table  # NumPy: std([0.6, 0.7, 0.8], ddof=1) = 0.1
+    assert "sample std (ddof=1)" in table
