@@ -234,3 +234,15 @@ def test_retained_memory_stops_page_faults_on_every_step() -> None:
     default = faults("default")
     assert default > 2000  # about 6,000 per step here
     assert faults("retain") < default / 5  # 0 to 800 here: the heap still grows now and then
+
+
+def test_a_signal_during_a_checkpoint_waits_for_its_last_file() -> None:
+    interrupts = train._Interrupts()
+    written = []
+    with pytest.raises(KeyboardInterrupt, match="signal 15"), interrupts.held():
+        written.append("training_state")
+        interrupts.handler(signal.SIGTERM, None)  # lands between two files: held back
+        written.append("model")
+    assert written == ["training_state", "model"]
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.handler(signal.SIGTERM, None)  # outside a checkpoint: at once

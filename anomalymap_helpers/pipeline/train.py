@@ -107,21 +107,45 @@ def progress_bar(total: int, desc: str, *, leave: bool = True, disable: bool = F
     return tqdm(total=total, desc=desc, leave=leave, disable=disable)
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt while training (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _Interrupts:
+    """SIGTERM as KeyboardInterrupt while training, held back while a checkpoint is written.
 
-    def handler(signum: int, frame: object) -> None:
+    A checkpoint is four files (training state, model, model.json, history); a signal
+    that lands between two of them is raised once the last is written, so the files on
+    disk always belong to one epoch and the message can name it.
+    """
+
+    def __init__(self) -> None:
+        self.holding, self.pending = False, None
+
+    def handler(self, signum: int, frame: object) -> None:
+        if self.holding:
+            self.pending = signum
+            return
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Install the handler for SIGTERM (main thread only: signals go there)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGTERM, self.handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -300,7 +324,8 @@ def train(
     saved = start  # epochs whose checkpoint is on disk
     clock = _Clock(n * (config.epochs - start), every=15.0 if progress and plain else math.inf)
     try:
-        with _sigterm_as_interrupt():
+        interrupts = _Interrupts()
+        with interrupts.installed():
             for epoch in range(start, config.epochs):
                 t0 = time.perf_counter()
                 model.train()
@@ -338,8 +363,9 @@ def train(
                 history.append(record)
                 if files is not None:
                     extra = {"train_images_sha256": data_sha256, "resumed_after_epoch": start or None}
-                    save_checkpoint(files, model, optimizer, history, config, precision, device, extra)
-                    saved = epoch + 1
+                    with interrupts.held():
+                        save_checkpoint(files, model, optimizer, history, config, precision, device, extra)
+                        saved = epoch + 1
                 epoch_bar.set_postfix(train=f"{record['train_loss']:.5f}", val=f"{val_loss:.5f}")
                 epoch_bar.update()
                 left = f"  {clock.left()}" if epoch + 1 < config.epochs else ""

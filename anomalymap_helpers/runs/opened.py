@@ -16,7 +16,7 @@ import torch
 
 from anomalymap_helpers.errors import DataError
 from anomalymap_helpers.pipeline import data
-from anomalymap_helpers.pipeline.device import Precision, inference_precision, resolve_device
+from anomalymap_helpers.pipeline.device import resolve_device
 from anomalymap_helpers.runs import checkpoint, storage
 from anomalymap_helpers.runs.paths import DEFAULT_DATA_DIR, RunFiles
 
@@ -55,11 +55,6 @@ class Run:
         target = resolve_device(device)
         splits, manifest = data.load_splits(files, data_dir=data_dir, mnist_dir=mnist_dir)
         return cls(files, splits, manifest, target)
-
-    @property
-    def precision(self) -> Precision:
-        """The precision of every inference on this run's device."""
-        return inference_precision(self.device)
 
     @cached_property
     def model(self) -> ConvAutoencoder:
