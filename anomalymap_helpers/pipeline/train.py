@@ -373,6 +373,7 @@ def train(
                     f"epoch {epoch + 1}/{config.epochs}  train loss {record['train_loss']:.5f}  "
                     f"val loss {val_loss:.5f}  {record['images_per_s']:,.0f} images/s{left}"
                 )
+                clock.last = time.perf_counter()  # the next progress line comes a full interval after this one
                 if on_epoch is not None:
                     on_epoch(record)
     except KeyboardInterrupt:

@@ -129,9 +129,6 @@ def run_series(
         ParameterError: unknown parameter or bad value (before anything runs).
         SeriesError: a notebook failed; the message names it, the cell and the files it replaced.
     """
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-
     params = dict(params or {})
     results = resolve(results_dir or params.get("results_dir") or DEFAULT_RESULTS_DIR)
     params["results_dir"] = str(results)
@@ -140,6 +137,9 @@ def run_series(
             params[key] = str(resolve(params[key]))
     notebooks = notebooks or series()
     check_parameters(params, notebooks)
+    import papermill as pm  # after the checks: a refusal should not wait for its import
+    from papermill.exceptions import PapermillExecutionError
+
     files = RunFiles(results)
     before = _snapshot(results)
     files.notebooks.mkdir(parents=True, exist_ok=True)
