@@ -26,3 +26,16 @@ def test_environment_yml_matches_pyproject() -> None:
         elif _name(dep) not in ("python", "pip"):
             listed.add(dep.replace(" ", ""))
     assert listed == wanted, f"only in environment.yml: {listed - wanted}; only in pyproject.toml: {wanted - listed}"
+
+
+def test_every_package_folder_is_installed() -> None:
+    from setuptools import find_packages
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    installed = set(find_packages(str(ROOT), include=find["include"]))
+    folders = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / "anomalymap_helpers").rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    assert folders == installed, f"folders without __init__.py or outside the find pattern: {folders ^ installed}"
