@@ -22,8 +22,8 @@ def step_breakdown(
     """Where a CPU training step's time goes: all of it, the convolutions and matrix products, the pooling.
 
     Times three rounds of ``steps`` steps of
-    :func:`~anomalymap_helpers.train.training_step` on a fresh model of ``config``
-    (a :class:`~anomalymap_helpers.model.ModelConfig`; the median round counts),
+    :func:`~anomalymap_helpers.pipeline.train.training_step` on a fresh model of ``config``
+    (a :class:`~anomalymap_helpers.pipeline.model.ModelConfig`; the median round counts),
     then profiles one more round. The convolutions and matrix products are work
     that no rewrite of the other operators removes, so
     ``batch_size`` over their time bounds the training speed from above, for these

@@ -58,7 +58,7 @@ def reference_worker(
     """The original design's loop: fp32, DataLoader over a TensorDataset, batch 256, Adam 1e-3.
 
     With ``retain_memory`` it runs under the same allocator setting as the project's
-    path (:func:`~anomalymap_helpers.device.retain_freed_memory`). Under glibc's
+    path (:func:`~anomalymap_helpers.pipeline.device.retain_freed_memory`). Under glibc's
     defaults its speed depends on the process's allocation history, which decides
     how many freed blocks are unmapped and faulted in again each step: 1,500 to
     2,100 images/s between runs here (``speed --reference-glibc-defaults``).
