@@ -9,7 +9,6 @@ so an interrupted run keeps its last completed epoch and can resume from it.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sys
 import threading
@@ -25,10 +24,9 @@ import torch.nn.functional as F
 from anomalymap_helpers.errors import ParameterError, TrainingError
 from anomalymap_helpers.pipeline.device import Precision, resolve_device, resolve_precision, retain_freed_memory
 from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
+from anomalymap_helpers.pipeline.progress import Clock, headless, progress_bar
 from anomalymap_helpers.runs import checkpoint, storage
 from anomalymap_helpers.runs.paths import RunFiles
-
-HEADLESS_ENV = "ANOMALYMAP_HEADLESS"
 
 
 def check_positive(name: str, value: Any, kind: type = int) -> None:
@@ -89,22 +87,6 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     device: torch.device = torch.device("cpu")
     precision: Precision = Precision("fp32", "cpu")
-
-
-def headless() -> bool:
-    """Whether output goes to a file rather than a live front end (papermill, nbval, CI)."""
-    return os.environ.get(HEADLESS_ENV, "") not in ("", "0")
-
-
-def progress_bar(total: int, desc: str, *, leave: bool = True, disable: bool = False) -> Any:
-    """A tqdm bar: a widget in JupyterLab, plain text that stays short when headless."""
-    if headless():
-        from tqdm.std import tqdm
-
-        return tqdm(total=total, desc=desc, leave=leave, disable=disable, ascii=True, file=sys.stdout, mininterval=60)
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=leave, disable=disable)
 
 
 class _Interrupts:
@@ -237,28 +219,6 @@ def check_resume(files: RunFiles, config: TrainConfig, data_sha256: str | None =
     return True
 
 
-class _Clock:
-    """Images per second and the time left, and whether a headless progress line is due."""
-
-    def __init__(self, total_images: int, every: float) -> None:
-        self.total, self.every, self.done = total_images, every, 0
-        self.t0 = self.last = time.perf_counter()
-
-    def tick(self, images: int) -> bool:
-        self.done += images
-        now = time.perf_counter()
-        if now - self.last < self.every:
-            return False
-        self.last = now
-        return True
-
-    def rate(self) -> float:
-        return self.done / max(time.perf_counter() - self.t0, 1e-9)
-
-    def left(self) -> str:
-        seconds = (self.total - self.done) / max(self.rate(), 1e-9)
-        return f"about {seconds // 60:.0f} min {seconds % 60:.0f} s left" if seconds >= 60 else f"about {seconds:.0f} s left"
-
 
 def train(
     train_images: torch.Tensor,
@@ -322,7 +282,7 @@ def train(
     epoch_bar = progress_bar(config.epochs, "epochs", disable=not progress or plain)
     epoch_bar.update(start)
     saved = start  # epochs whose checkpoint is on disk
-    clock = _Clock(n * (config.epochs - start), every=15.0 if progress and plain else math.inf)
+    clock = Clock(n * (config.epochs - start), every=15.0 if progress and plain else math.inf)
     try:
         interrupts = _Interrupts()
         with interrupts.installed():

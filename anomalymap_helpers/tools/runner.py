@@ -25,7 +25,8 @@ import yaml
 
 from anomalymap_helpers import parameters
 from anomalymap_helpers.errors import AnomalyMapError, ParameterError
-from anomalymap_helpers.pipeline.train import HEADLESS_ENV, TrainConfig, check_resume
+from anomalymap_helpers.pipeline.progress import HEADLESS_ENV
+from anomalymap_helpers.pipeline.train import TrainConfig, check_resume
 from anomalymap_helpers.runs.paths import DEFAULT_RESULTS_DIR, RunFiles, project_root, resolve
 from anomalymap_helpers.tools.progress import NotebookEcho
 
