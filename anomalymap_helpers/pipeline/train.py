@@ -203,7 +203,7 @@ def check_resume(files: RunFiles, config: TrainConfig, data_sha256: str | None =
     """
     if not files.training_state.exists():
         return False
-    meta = checkpoint.read_metadata(files.training_state)
+    meta = checkpoint.read_metadata(files.training_state, "training state")
     saved, done = meta.get("train_config", {}), int(meta.get("epoch", 0))
     asked = asdict(config)
     problems = [f"{k}: checkpoint {saved.get(k)!r}, now {asked[k]!r}" for k in RESUME_KEYS if saved.get(k) != asked[k]]

@@ -41,14 +41,16 @@ def _model_metadata(model: ConvAutoencoder) -> dict[str, Any]:
     return {"format": FORMAT, "model_config": asdict(model.config)}
 
 
-def _read(path: str | os.PathLike[str], what: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def _read(
+    path: str | os.PathLike[str], what: str, *, with_tensors: bool = True
+) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"no {what} at {p}: run notebook 02_training first")
     try:
         with safe_open(str(p), framework="pt", device="cpu") as fh:
             metadata = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()} if with_tensors else {}  # noqa: SIM118 (not a dict)
     except Exception as exc:  # safetensors raises its own error types for bad headers and short files
         raise CheckpointError(
             f"{p} is not a readable safetensors checkpoint ({exc}): the file is corrupt, truncated or "
@@ -102,9 +104,9 @@ def save_model(path: str | os.PathLike[str], model: ConvAutoencoder, **metadata:
     return _save(path, _tensors(model), {**_model_metadata(model), **metadata})
 
 
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The metadata of a checkpoint, JSON values decoded."""
-    metadata, _ = _read(path, "model checkpoint")
+def read_metadata(path: str | os.PathLike[str], what: str = "model checkpoint") -> dict[str, Any]:
+    """The metadata of a checkpoint, JSON values decoded; its tensors are not read."""
+    metadata, _ = _read(path, what, with_tensors=False)
     out: dict[str, Any] = {}
     for k, v in metadata.items():
         try:
