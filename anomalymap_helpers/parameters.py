@@ -29,6 +29,11 @@ def _positive_int(name: str, value: int, low: int = 1) -> None:
         raise ParameterError(f"{name}={value!r}: use a whole number of at least {low}")
 
 
+def _at_least(name: str, value: float, low: float) -> None:
+    if value < low or (low < value < 0):
+        raise ParameterError(f"{name}={value!r}: use {low:g} (automatic), 0 (none) or a number above 0")
+
+
 def _positive(name: str, value: float) -> None:
     if not value > 0:
         raise ParameterError(f"{name}={value!r}: use a number above 0")
@@ -72,6 +77,26 @@ def _mnist_dir(name: str, value: str) -> None:
         check_mnist_dir(value)
 
 
+def _fashion_dir(name: str, value: str) -> None:
+    if value:
+        from anomalymap_helpers.pipeline.data import FASHION_MNIST, check_source_dir
+
+        check_source_dir(FASHION_MNIST, value)
+
+
+def _image_dir(name: str, value: str) -> None:
+    if value:
+        from anomalymap_helpers.pipeline.data import folder
+
+        folder.scan(value)  # the layout and the pairing of masks; 01 reads the images
+
+
+def _datasets() -> tuple[str, ...]:
+    from anomalymap_helpers.pipeline.data import DATASETS
+
+    return DATASETS
+
+
 def _device(name: str, value: str) -> None:
     from anomalymap_helpers.pipeline.device import resolve_device
 
@@ -81,7 +106,7 @@ def _device(name: str, value: str) -> None:
 def _score_methods() -> tuple[str, ...]:
     from anomalymap_helpers.pipeline.scoring import METHODS
 
-    return METHODS
+    return ("auto", *METHODS)
 
 
 def _scales() -> tuple[str, ...]:
@@ -135,10 +160,30 @@ PARAMETERS: tuple[Parameter, ...] = (
         ALL, "\"\" or a folder holding the four official files", _mnist_dir,
     ),
     Parameter(
-        "normal_classes", list, list(range(9)), "digits the model learns as normal",
-        ("01",), "a list of digits 0-9, none also an anomaly",
+        "dataset", str, "mnist", "data set: \"mnist\", \"fashion-mnist\" or \"folder\" (your images, MVTec AD layout)",
+        ("01",), "`mnist`, `fashion-mnist`, `folder`", _one_of(_datasets),
     ),
-    Parameter("anomaly_classes", list, [9], "digits that are anomalies in the test set", ("01",), "a list of digits 0-9"),
+    Parameter(
+        "fashion_dir", str, "", "local folder of the 4 Fashion-MNIST files; \"\": $ANOMALYMAP_FASHION_DIR, else Debian's",
+        ("01",), "\"\" or a folder holding the four official files", _fashion_dir,
+    ),
+    Parameter(
+        "image_dir", str, "", "dataset \"folder\": the category folder (train/good, test/<type>, ground_truth)",
+        ("01",), "\"\" or a folder in the MVTec AD layout", _image_dir,
+    ),
+    Parameter(
+        "image_size", int, 0, "side the images are resized to; 0: 28 for MNIST/Fashion, 128 for folders",
+        ("01",), "0, 28 for MNIST/Fashion; a size the model halves to <= 8 (e.g. 64, 128) for folders",
+        lambda n, v: _positive_int(n, v, 0),
+    ),
+    Parameter(
+        "normal_classes", list, list(range(9)), "classes the model learns as normal (MNIST, Fashion)",
+        ("01",), "a list of classes 0-9, none also an anomaly; folders: `good`",
+    ),
+    Parameter(
+        "anomaly_classes", list, [9], "classes that are anomalies in the test set (MNIST, Fashion)", ("01",),
+        "a list of classes 0-9; folders: every defect type",
+    ),
     Parameter(
         "val_fraction", float, 0.1, "share of normal training images held out for validation",
         ("01",), "between 0 and 1",
@@ -152,8 +197,14 @@ PARAMETERS: tuple[Parameter, ...] = (
         "max_train", int, 0, "cap on normal training images (0: all)", ("01",), "0, or 2 or more",
     ),
     Parameter("max_test", int, 0, "cap on test images (0: all)", ("01",), "0, or 2 or more"),
-    Parameter("epochs", int, 5, "passes over the normal training images", ("02",), "1 or more", _positive_int),
-    Parameter("batch_size", int, 256, "images per optimizer step", ("02",), "1 or more", _positive_int),
+    Parameter(
+        "epochs", int, 0, "passes over the normal training images; 0: 5, more on small sets (10,000 images seen)",
+        ("02",), "0 (by data set) or more", lambda n, v: _positive_int(n, v, 0),
+    ),
+    Parameter(
+        "batch_size", int, 0, "images per optimizer step; 0: 256, smaller on sets under 4,096 images",
+        ("02",), "0 (by data set) or more", lambda n, v: _positive_int(n, v, 0),
+    ),
     Parameter("lr", float, 0.001, "Adam learning rate", ("02",), "above 0", _positive),
     Parameter("latent_dim", int, 64, "size of the bottleneck vector", ("02",), "1 or more", _positive_int),
     Parameter(
@@ -169,8 +220,12 @@ PARAMETERS: tuple[Parameter, ...] = (
         ("02",), "`True` or `False`; the other training settings must match the checkpoint's",
     ),
     Parameter(
-        "score_method", str, "latent-knn", "per-image score: mse, topk, ssim, latent-knn or ensemble",
-        ("03",), "`mse`, `topk`, `ssim`, `latent-knn`, `ensemble`", _one_of(_score_methods),
+        "score_method", str, "auto", "per-image score; auto: latent-knn for MNIST/Fashion, topk (on the map) for folders",
+        ("03",), "`auto`, `mse`, `topk`, `ssim`, `latent-knn`, `ensemble`", _one_of(_score_methods),
+    ),
+    Parameter(
+        "map_blur", float, -1.0, "Gaussian blur (sigma, pixels) of the anomaly maps; -1: 0 for MNIST/Fashion, size/32 for folders",
+        ("03",), "-1 (by data set), 0 (none) or above", lambda n, v: _at_least(n, v, -1.0),
     ),
     Parameter(
         "threshold_percentile", float, 99.0, "percentile of validation normals' scores used as the threshold",
@@ -228,9 +283,26 @@ def _yaml(value: Any) -> str:
 
 def _config_checks(values: Mapping[str, Any], given: Iterable[str]) -> None:
     """Check the values that only make sense together (the split's classes, the training config)."""
-    from anomalymap_helpers.pipeline.data import SplitConfig
+    from anomalymap_helpers.pipeline.data import SplitConfig, image_size_for
     from anomalymap_helpers.pipeline.train import TrainConfig
 
+    dataset = values.get("dataset", "mnist")
+    if "dataset" in values:
+        image_size_for(dataset, values.get("image_size", 0))
+        if dataset == "folder" and not values.get("image_dir"):
+            raise ParameterError(
+                'dataset="folder" needs image_dir: the category folder (train/good/, test/...); '
+                "`python -m anomalymap_helpers example-folder` makes one to try"
+            )
+    if dataset == "folder":
+        changed = [n for n in ("normal_classes", "anomaly_classes") if values.get(n, BY_NAME[n].default) != BY_NAME[n].default]
+        if changed:
+            raise ParameterError(
+                f'dataset="folder" takes its classes from the folders (test/good is normal, every other test/<type> '
+                f"an anomaly): leave {' and '.join(changed)} unset"
+            )
+        values = {**values, "normal_classes": [0], "anomaly_classes": [1]}
+    values = {**values, "epochs": values.get("epochs") or 5, "batch_size": values.get("batch_size") or 256}
     for config in (SplitConfig, TrainConfig):
         names = [f.name for f in fields(config)]
         if set(names) & set(given) - {"seed"}:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from anomalymap_helpers.pipeline import data
+from anomalymap_helpers.pipeline.data import idx as _idx  # noqa: F401  (data.idx below)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,7 @@ def require(what: str) -> None:
 
 
 def _mnist_dir() -> Path | None:
-    for candidate in (os.environ.get(data.MNIST_ENV), data.mnist.EMBEDDED_DIR):
+    for candidate in (os.environ.get(data.MNIST_ENV), data.idx.EMBEDDED_DIR):
         if candidate and all((Path(candidate) / name).exists() for name, _, _ in data.MNIST_FILES):
             return Path(candidate)
     return None
@@ -39,19 +40,19 @@ def mnist_dir() -> Path:
     found = _mnist_dir()
     if found is None:
         require(
-            f"the MNIST files are missing: {data.mnist.EMBEDDED_DIR} (shipped with the repository) lacks them "
+            f"the MNIST files are missing: {data.idx.EMBEDDED_DIR} (shipped with the repository) lacks them "
             f"and ${data.MNIST_ENV} is unset; restore data/mnist/ with `git checkout data/mnist`"
         )
     return found
 
 
 @pytest.fixture(scope="session")
-def mnist(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> data.Mnist:
+def mnist(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> data.ImageData:
     return data.load_mnist(tmp_path_factory.mktemp("data"), str(mnist_dir))
 
 
 @pytest.fixture(scope="session")
-def small_normals(mnist: data.Mnist) -> tuple[torch.Tensor, torch.Tensor]:
+def small_normals(mnist: data.ImageData) -> tuple[torch.Tensor, torch.Tensor]:
     """1,000 training and 200 validation images of digits 0-8."""
     splits = data.make_splits(
         mnist.train_labels, mnist.test_labels, data.SplitConfig(max_train=1200, val_fraction=1 / 6)
@@ -81,3 +82,28 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path, data_dir:
     for name in NAMES:
         assert f"{name} done in" in proc.stdout
     return out
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    """The folder of the four Fashion-MNIST files: $ANOMALYMAP_FASHION_DIR, else Debian's dataset-fashion-mnist."""
+    spec = data.FASHION_MNIST
+    found = data.idx.source_dir(spec)
+    if found is None or not (found / spec.files[0][0]).exists():
+        require(
+            f"the Fashion-MNIST files are missing: install Debian's dataset-fashion-mnist ({spec.local}) "
+            f"or set ${spec.env}"
+        )
+    return found
+
+
+@pytest.fixture(scope="session")
+def example_folder(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    """A small example category folder (MVTec AD layout) at 32x32, made from MNIST."""
+    from anomalymap_helpers.pipeline.data.example import make_example_folder
+
+    out = tmp_path_factory.mktemp("example") / "washers"
+    return make_example_folder(
+        out, size=32, n_train=40, n_test_good=10, n_defect=6, data_dir=str(tmp_path_factory.mktemp("d")),
+        mnist_dir=str(mnist_dir),
+    )

@@ -34,7 +34,7 @@ def test_split_config_normalises_classes_and_caps() -> None:
         data.SplitConfig(max_test=1)
 
 
-def test_splits_are_seeded_disjoint_and_free_of_anomalies(mnist: data.Mnist) -> None:
+def test_splits_are_seeded_disjoint_and_free_of_anomalies(mnist: data.ImageData) -> None:
     cfg = data.SplitConfig(normal_classes=tuple(range(9)), anomaly_classes=(9,), seed=3)
     a = data.make_splits(mnist.train_labels, mnist.test_labels, cfg)
     b = data.make_splits(mnist.train_labels, mnist.test_labels, cfg)
@@ -51,7 +51,7 @@ def test_splits_are_seeded_disjoint_and_free_of_anomalies(mnist: data.Mnist) -> 
     assert int((mnist.test_labels[a["test"]] == 9).sum()) == 1009
 
 
-def test_test_set_keeps_only_chosen_classes(mnist: data.Mnist) -> None:
+def test_test_set_keeps_only_chosen_classes(mnist: data.ImageData) -> None:
     cfg = data.SplitConfig(normal_classes=(1,), anomaly_classes=(7,), max_test=500)
     s = data.make_splits(mnist.train_labels, mnist.test_labels, cfg)
     assert set(mnist.test_labels[s["test"]].tolist()) <= {1, 7}
@@ -82,7 +82,7 @@ def test_missing_local_file_is_named(mnist_dir: Path, tmp_path: Path) -> None:
         data.check_mnist_dir(tmp_path)
 
 
-def test_mnist_matches_published_statistics(mnist: data.Mnist) -> None:
+def test_mnist_matches_published_statistics(mnist: data.ImageData) -> None:
     assert torch.bincount(mnist.train_labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert data.to_float(mnist.train_images).mean().item() == pytest.approx(0.1307, abs=1e-4)
 
@@ -96,4 +96,34 @@ def test_reader_matches_torchvision(mnist_dir: Path, tmp_path: Path) -> None:
         (False, ours.test_images, ours.test_labels),
     ):
         theirs = torchvision.datasets.MNIST(str(tmp_path), train=train, download=False)
-        assert torch.equal(images, theirs.data) and torch.equal(labels, theirs.targets)
+        assert torch.equal(images[:, 0], theirs.data) and torch.equal(labels, theirs.targets)
+
+
+def test_fashion_mnist_from_debians_package_matches_torchvision(fashion_dir: Path, tmp_path: Path) -> None:
+    """Debian's recompressed .gz files pass the check on their content; the reader agrees with
+    torchvision's, and the classes are the published ten of 6,000 training images each."""
+    import torchvision
+
+    found = data.check_source_dir(data.FASHION_MNIST, fashion_dir)
+    assert sorted(found) == sorted(name for name, _, _ in data.FASHION_MNIST.files)
+    ours = data.load_dataset("fashion-mnist", data_dir=tmp_path, fashion_dir=str(fashion_dir))
+    assert ours.class_names[0] == "T-shirt/top" and ours.class_names[9] == "Ankle boot"
+    assert torch.bincount(ours.train_labels).tolist() == [6000] * 10
+    for train, images, labels in ((True, ours.train_images, ours.train_labels), (False, ours.test_images, ours.test_labels)):
+        theirs = torchvision.datasets.FashionMNIST(str(tmp_path), train=train, download=False)
+        assert torch.equal(images[:, 0], theirs.data) and torch.equal(labels, theirs.targets)
+
+
+def test_corrupt_fashion_file_is_named(fashion_dir: Path, tmp_path: Path) -> None:
+    for name, _, _ in data.FASHION_MNIST.files:
+        shutil.copyfile(fashion_dir / name, tmp_path / name)
+    bad = tmp_path / "train-labels-idx1-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz is corrupt or truncated.*25c81989df183df01b3e8a0aad5dffbe"):
+        data.check_source_dir(data.FASHION_MNIST, tmp_path)
+
+
+def test_idx_data_sets_stay_at_28_pixels() -> None:
+    assert data.image_size_for("fashion-mnist", 0) == 28 and data.image_size_for("folder", 0) == 128
+    with pytest.raises(ParameterError, match="fashion-mnist images are 28x28; leave image_size at 0"):
+        data.image_size_for("fashion-mnist", 64)

@@ -19,7 +19,8 @@ def explorer() -> Explorer:
     images = torch.rand(12, 1, 28, 28)
     scored = scoring.score(ConvAutoencoder(), images)
     labels = torch.tensor([0, 1, 2, 9] * 3)
-    return Explorer(scored, labels, labels == 9, threshold=float(scored.scores.median()))
+    names = tuple(f"digit {i}" for i in range(10))
+    return Explorer(scored, labels, labels == 9, threshold=float(scored.scores.median()), class_names=names)
 
 
 def test_threshold_flips_the_verdict(explorer: Explorer) -> None:
@@ -98,3 +99,32 @@ def test_save_samples_writes_pngs(explorer: Explorer, tmp_path: Path) -> None:
     assert sum("digit9" in p.name for p in paths) == 2
     fewer = explorer.save_samples(tmp_path, 2, seed=1)
     assert sorted(tmp_path.glob("sample_*.png")) == sorted(fewer)
+
+
+def test_colour_images_with_masks_show_the_defect_outline(tmp_path: Path) -> None:
+    """RGB images show in colour; a mask is outlined on the input and the map, and a
+    file name and the defect type's name are in the caption and the saved file's name."""
+    torch.manual_seed(0)
+    from anomalymap_helpers.pipeline.model import ModelConfig
+
+    images = torch.rand(4, 3, 32, 32)
+    scored = scoring.score(ConvAutoencoder(ModelConfig(8, 32, 3)), images, blur=1.0)
+    masks = torch.zeros(4, 1, 32, 32, dtype=torch.bool)
+    masks[2, 0, 10:20, 5:9] = True
+    labels = torch.tensor([0, 0, 2, 1])
+    ex = Explorer(
+        scored, labels, labels > 0, threshold=float(scored.scores.median()), class_names=("good", "blob", "scratch"),
+        masks=masks, names=["test/good/a.png", "test/good/b.png", "test/scratch/c.png", "test/blob/d.png"],
+    )
+    assert ex.images.shape == (4, 32, 32, 3) and ex.maps.shape == (4, 32, 32)
+    fig = ex.figure(2)
+    panels = [ax for ax in fig.axes if ax.get_images()][:3]
+    assert panels[0].get_images()[0].get_array().shape == (32, 32, 3)
+    assert len(panels[0].collections) == 1 and len(panels[2].collections) == 1  # the outlines
+    assert not ex.figure(0).axes[0].collections  # no mask, no outline
+    assert ex.caption(2).startswith("test/scratch/c.png (scratch, anomaly)")
+    from anomalymap_helpers.pipeline.explorer import render
+
+    assert render.thumbnails(ex, np.arange(4))[:4] == b"\x89PNG"
+    paths = ex.save_samples(tmp_path, 4)
+    assert {p.name.split("_")[2] for p in paths} == {"good", "blob", "scratch"}

@@ -133,3 +133,50 @@ def test_reference_model_runs_the_original_layers_in_nchw() -> None:
     assert reference.encoder[0].weight.is_contiguous()
     names = " ".join(type(m).__name__ for m in reference.encoder)
     assert names == "Conv2d ReLU MaxPool2d Conv2d ReLU MaxPool2d Flatten Linear"
+
+
+@pytest.mark.parametrize(("size", "channels", "grid"), [(64, 3, 8), (128, 3, 8), (96, 1, 6)])
+def test_larger_images_add_blocks_and_keep_the_bottleneck_small(size: int, channels: int, grid: int) -> None:
+    """Larger images get extra down/up blocks: the grid stays <= 8x8, the Linear layers small,
+    and the fast forward still computes the plain layers' function (values and gradients)."""
+    config = ModelConfig(latent_dim=16, image_size=size, channels=channels)
+    torch.manual_seed(2)
+    model, source = ConvAutoencoder(config), ConvAutoencoder(config)
+    source.load_state_dict(model.state_dict())
+    reference = ReferenceAutoencoder(source)  # runs source's own parameters
+    assert model._grid == grid and model.encoder[7].in_features == 64 * grid * grid
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+    x = torch.rand(2, channels, size, size) - 0.1
+    out, expected = model(x), reference(x)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    ((out - x) ** 2).mean().backward()
+    ((expected - x) ** 2).mean().backward()
+    grads = dict(source.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_28_pixel_model_has_no_extra_blocks() -> None:
+    """At 28x28, 1 channel the model is the original one: the same parameter names as before."""
+    names = [n for n, _ in ConvAutoencoder().named_parameters()]
+    assert names == [
+        "encoder.0.weight", "encoder.0.bias", "encoder.3.weight", "encoder.3.bias", "encoder.7.weight",
+        "encoder.7.bias", "decoder_fc.weight", "decoder_fc.bias", "decoder.0.weight", "decoder.0.bias",
+        "decoder.2.weight", "decoder.2.bias", "decoder.4.weight", "decoder.4.bias",
+    ]
+
+
+def test_image_size_the_model_cannot_halve_is_refused_with_sizes_it_can() -> None:
+    from anomalymap_helpers.errors import ParameterError
+    from anomalymap_helpers.pipeline.model import check_image_size
+
+    with pytest.raises(ParameterError, match=r"image_size=100: .*multiple of 16, e.g. 96 or 112"):
+        check_image_size(100)
+    assert check_image_size(224) == 224
+
+
+def test_checkpoint_of_another_image_shape_names_both(tmp_path: Path) -> None:
+    path = checkpoint.save_model(tmp_path / "model.safetensors", ConvAutoencoder(ModelConfig(16, 64, 3)))
+    with pytest.raises(CheckpointError, match=r"3x64x64 images.*1x28x28 images"):
+        checkpoint.load_model(path, expected=ModelConfig(16, 28, 1))

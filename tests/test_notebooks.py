@@ -69,7 +69,8 @@ def test_ruff_on_package_notebooks_and_tests() -> None:
 
 
 def test_notebook_default_score_is_the_package_default() -> None:
-    from anomalymap_helpers.pipeline.scoring import DEFAULT_METHOD
+    from anomalymap_helpers.pipeline.scoring import DEFAULT_METHOD, check_method
 
     evaluation = [p for p in NOTEBOOKS if p.name.startswith("03_")][0]
-    assert declared_parameters(evaluation)["score_method"]["default"].strip("\"'") == DEFAULT_METHOD
+    default = declared_parameters(evaluation)["score_method"]["default"].strip("\"'")
+    assert default == "auto" and check_method(default, "mnist") == DEFAULT_METHOD

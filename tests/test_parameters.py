@@ -55,7 +55,7 @@ def test_every_parameter_has_a_notebook_and_a_valid_default() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("score_method", "knn", "score_method='knn': use one of ['mse', 'topk', 'ssim', 'latent-knn', 'ensemble']"),
+        ("score_method", "knn", "score_method='knn': use one of ['auto', 'mse', 'topk', 'ssim', 'latent-knn', 'ensemble']"),
         ("heatmap_scale", "log", "heatmap_scale='log': use one of ['per-image', 'global']"),
         ("perplexity", -3, "perplexity=-3.0: use a number above 0"),
         ("tsne_samples", 0, "tsne_samples=0: use a whole number of at least 2"),
@@ -64,6 +64,8 @@ def test_every_parameter_has_a_notebook_and_a_valid_default() -> None:
         ("lr", 0, "lr=0.0: use a number above 0"),
         ("normal_classes", [0, 12], "unknown class(es) [12]"),
         ("device", "tpu", "device='tpu' is not known"),
+        ("dataset", "cifar", "dataset='cifar': use one of ['mnist', 'fashion-mnist', 'folder']"),
+        ("map_blur", -0.5, "map_blur=-0.5: use -1 (automatic), 0 (none) or a number above 0"),
     ],
 )
 def test_bad_value_refused_before_any_work(

@@ -119,3 +119,99 @@ def test_scorer_gives_every_method_and_standardises_the_ensemble() -> None:
         torch.testing.assert_close(from_scored.val_scores[method], on_val[method])
     with pytest.raises(ParameterError, match="score_method"):
         scoring.check_method("psnr")
+
+
+def test_maps_average_the_channels_and_blur_like_scipy() -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    x, r = rng.random((3, 3, 20, 24), dtype=np.float32), rng.random((3, 3, 20, 24), dtype=np.float32)
+    for sigma in (0.0, 1.0, 2.5):
+        got = scoring.anomaly_maps(torch.from_numpy(x), torch.from_numpy(r), blur=sigma).numpy()
+        plain = np.abs(x - r).mean(1, keepdims=True)
+        expected = plain if sigma == 0 else np.stack(
+            [ndimage.gaussian_filter(m, sigma, mode="mirror", truncate=4.0)[None] for m in plain[:, 0]]
+        )
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_rules_depend_on_the_kind_of_data_only() -> None:
+    assert scoring.check_method("auto", "folder") == "topk"
+    assert scoring.check_method("auto", "fashion-mnist") == scoring.check_method("auto", "mnist") == "latent-knn"
+    assert scoring.blur_sigma(-1, "folder", 128) == 4.0 and scoring.blur_sigma(-1, "mnist", 28) == 0.0
+    assert scoring.blur_sigma(1.5, "mnist", 28) == 1.5
+
+
+def test_pixel_roc_auc_matches_scikit_learn_on_the_flattened_pixels() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(2)
+    masks = np.zeros((6, 1, 16, 16), dtype=bool)
+    masks[3, 0, 4:9, 5:10] = masks[5, 0, 10:14, 2:4] = True
+    maps = rng.random(masks.shape) + masks * 0.4
+    assert metrics.pixel_roc_auc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
+    with pytest.raises(ParameterError, match="both defect and defect-free"):
+        metrics.pixel_roc_auc(maps, np.zeros_like(masks))
+
+
+def _brute_force_aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float) -> float:
+    """PRO and FPR at every distinct threshold, from the regions found by a flood fill."""
+    regions = []  # lists of (image, y, x) pixels, 8-connected
+    for i, mask in enumerate(masks[:, 0]):
+        seen = np.zeros_like(mask)
+        for y0, x0 in zip(*np.nonzero(mask), strict=True):
+            if seen[y0, x0]:
+                continue
+            stack, pixels = [(y0, x0)], []
+            seen[y0, x0] = True
+            while stack:
+                y, x = stack.pop()
+                pixels.append((i, y, x))
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        v, u = y + dy, x + dx
+                        if 0 <= v < mask.shape[0] and 0 <= u < mask.shape[1] and mask[v, u] and not seen[v, u]:
+                            seen[v, u] = True
+                            stack.append((v, u))
+            regions.append(pixels)
+    values = maps[:, 0]
+    normal = values[~masks[:, 0]]
+    points = [(0.0, 0.0)]
+    for t in np.unique(values)[::-1]:
+        fpr = float((normal >= t).mean())
+        pro = float(np.mean([np.mean([values[p] >= t for p in region]) for region in regions]))
+        points.append((fpr, pro))
+    xs, ys = np.array(points).T
+    keep = xs <= max_fpr
+    x, y = list(xs[keep]), list(ys[keep])
+    if x[-1] < max_fpr:
+        j = int(np.argmax(xs > max_fpr))
+        y.append(ys[j - 1] + (ys[j] - ys[j - 1]) * (max_fpr - xs[j - 1]) / (xs[j] - xs[j - 1]))
+        x.append(max_fpr)
+    area = sum((x[k + 1] - x[k]) * (y[k + 1] + y[k]) / 2 for k in range(len(x) - 1))
+    return area / max_fpr
+
+
+def test_aupro_matches_a_brute_force_per_region_overlap_on_hand_made_masks() -> None:
+    masks = np.zeros((3, 1, 8, 8), dtype=bool)
+    masks[0, 0, 1:3, 1:3] = True  # a 4-pixel region
+    masks[0, 0, 5:8, 4:8] = True  # a 12-pixel region in the same image
+    masks[1, 0, 3, 3] = masks[1, 0, 4, 4] = True  # diagonal neighbours: one region
+    rng = np.random.default_rng(3)
+    maps = np.round(rng.random(masks.shape) + masks * 0.5, 2)  # ties on purpose
+    for max_fpr in (0.3, 0.05, 1.0):
+        assert metrics.aupro(maps, masks, max_fpr) == pytest.approx(_brute_force_aupro(maps, masks, max_fpr))
+    perfect = masks.astype(float)
+    assert metrics.aupro(perfect, masks) == pytest.approx(1.0)
+
+
+def test_per_class_rows_name_missed_and_false_alarm_classes() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    scores = np.array([0.1, 0.2, 0.9, 0.3, 0.8, 0.7, 0.15])
+    labels = np.array([0, 0, 1, 1, 2, 2, 0])
+    y = labels > 0
+    rows = {r["name"]: r for r in metrics.per_class(scores, labels, y, ("good", "blob", "scratch"), 0.5)}
+    assert rows["blob"]["roc_auc"] == pytest.approx(roc_auc_score([0, 0, 1, 1, 0], [0.1, 0.2, 0.9, 0.3, 0.15]))
+    assert rows["blob"]["flagged"] == 0.5 and rows["scratch"]["flagged"] == 1.0
+    assert rows["good"]["kind"] == "normal" and rows["good"]["roc_auc"] == pytest.approx(roc_auc_score(y, scores))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -111,6 +112,94 @@ def evaluate(scores: Any, is_anomaly: Any, threshold: float) -> Metrics:
         mean_score_normal=float(s[~y].mean()),
         mean_score_anomaly=float(s[y].mean()),
     )
+
+
+def per_class(
+    scores: Any, labels: Any, is_anomaly: Any, class_names: Sequence[str], threshold: float
+) -> list[dict[str, Any]]:
+    """One row per class of the test set: how it is scored against the other kind.
+
+    For an anomaly class (a defect type, a digit): ROC-AUC of that class against all
+    normal images, and the share flagged at ``threshold`` (its recall). For a normal
+    class: ROC-AUC of all anomalies against that class, and its share flagged (its
+    false-alarm rate). A low ROC-AUC names the class that is missed, or that raises
+    false alarms.
+    """
+    s, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    y = np.asarray(is_anomaly, dtype=bool)
+    rows = []
+    for c in np.unique(labels):
+        mine = labels == c
+        anomaly = bool(y[mine][0])
+        other = ~y if anomaly else y
+        both = mine | other
+        auc = float(roc_auc_score(y[both], s[both])) if other.any() else float("nan")
+        rows.append(
+            {
+                "class": int(c),
+                "name": class_names[int(c)],
+                "kind": "anomaly" if anomaly else "normal",
+                "n": int(mine.sum()),
+                "roc_auc": auc,
+                "flagged": float((s[mine] > threshold).mean()),
+            }
+        )
+    return rows
+
+
+def pixel_roc_auc(maps: Any, masks: Any) -> float:
+    """ROC-AUC over every test pixel (normal images' pixels included); ``maps``, ``masks`` ``(N, 1, H, W)``."""
+    m = np.asarray(masks, dtype=bool).ravel()
+    if m.all() or not m.any():
+        raise ParameterError("the masks need both defect and defect-free pixels to compute a pixel ROC-AUC")
+    return float(roc_auc_score(m, np.asarray(maps, dtype=np.float64).ravel()))
+
+
+def aupro(maps: Any, masks: Any, max_fpr: float = 0.3) -> float:
+    """Area under the per-region overlap curve up to ``max_fpr``, divided by ``max_fpr``.
+
+    As in the MVTec AD papers: each connected defect region (8-connected, in each
+    image's mask) counts once, whatever its size. At a threshold ``t`` the PRO is the
+    mean over regions of the share of the region's pixels with a map value above
+    ``t``; the false-positive rate is the share of defect-free pixels above ``t``.
+    The curve PRO(FPR) is integrated (trapezoids) from 0 to ``max_fpr``, the last
+    point interpolated at ``max_fpr``.
+
+    Args:
+        maps: ``(N, 1, H, W)`` (or ``(N, H, W)``) anomaly maps, higher = more anomalous.
+        masks: The same shape, True on defect pixels.
+        max_fpr: Where the curve is cut.
+    """
+    from scipy import ndimage
+
+    a = np.asarray(maps, dtype=np.float64).reshape(len(maps), -1)
+    m = np.asarray(masks, dtype=bool).reshape(a.shape)
+    shape = np.shape(masks)[-2:]
+    regions = np.zeros(a.shape, dtype=np.int64)
+    n_regions = 0
+    for i in range(len(m)):
+        labelled, count = ndimage.label(m[i].reshape(shape), structure=np.ones((3, 3)))
+        regions[i] = np.where(labelled > 0, labelled + n_regions, 0).ravel()
+        n_regions += count
+    if not n_regions or m.all():
+        raise ParameterError("the masks need defect regions and defect-free pixels to compute the AUPRO")
+    flat, region = a.ravel(), regions.ravel()
+    sizes = np.bincount(region, minlength=n_regions + 1).astype(np.float64)
+    # Each defect pixel adds 1 / (its region's size * number of regions) to the PRO once the
+    # threshold falls below its value; each defect-free pixel adds 1 / (their count) to the FPR.
+    weight_pro = np.where(region > 0, 1.0 / (sizes[region] * n_regions), 0.0)
+    weight_fpr = (region == 0) / float((region == 0).sum())
+    order = np.argsort(-flat, kind="stable")
+    values = flat[order]
+    pro, fpr = np.cumsum(weight_pro[order]), np.cumsum(weight_fpr[order])
+    last = np.r_[values[1:] != values[:-1], True]  # one point per distinct threshold
+    pro, fpr = np.r_[0.0, pro[last]], np.r_[0.0, fpr[last]]
+    cut = np.searchsorted(fpr, max_fpr, side="right")
+    x, y = fpr[:cut], pro[:cut]
+    if cut < len(fpr) and x[-1] < max_fpr:
+        x0, x1, y0, y1 = fpr[cut - 1], fpr[cut], pro[cut - 1], pro[cut]
+        x, y = np.r_[x, max_fpr], np.r_[y, y0 + (y1 - y0) * (max_fpr - x0) / (x1 - x0)]
+    return float(np.trapezoid(y, x) / max_fpr)
 
 
 def compare(scores: dict[str, Any], is_anomaly: Any) -> list[dict[str, float | str]]:

@@ -9,6 +9,39 @@ import torch.nn.functional as F
 from torch import nn
 
 ARCHITECTURE = "conv-ae-v1"
+MAX_GRID = 8  # the bottleneck grid's largest side: the model halves the image until it is this small
+
+
+def depth_for(image_size: int) -> int:
+    """How many times the encoder halves an image of this side (at least 2, as at 28x28)."""
+    depth = 2
+    while image_size / 2**depth > MAX_GRID:
+        depth += 1
+    return depth
+
+
+def check_image_size(image_size: int) -> int:
+    """Return ``image_size`` if the model can take it, else say which sizes it can.
+
+    The encoder halves the image :func:`depth_for` times down to a grid of at most
+    ``MAX_GRID`` x ``MAX_GRID``, so the side must be a multiple of ``2**depth``.
+
+    Raises:
+        ParameterError: the size is under 8 or does not halve evenly.
+    """
+    from anomalymap_helpers.errors import ParameterError
+
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+        raise ParameterError(f"image_size={image_size!r}: use a whole number of at least 8, e.g. 64 or 128")
+    step = 2 ** depth_for(image_size)
+    if image_size % step:
+        lower, upper = image_size // step * step, (image_size // step + 1) * step
+        near = [n for n in (lower, upper) if n >= 8 and n % 2 ** depth_for(n) == 0]
+        raise ParameterError(
+            f"image_size={image_size}: the model halves it {depth_for(image_size)} times, so use a multiple of "
+            f"{step}, e.g. {' or '.join(map(str, near))}"
+        )
+    return image_size
 
 
 @dataclass(frozen=True)
@@ -18,7 +51,8 @@ class ModelConfig:
     Attributes:
         latent_dim: Size of the bottleneck vector.
         image_size: Height and width of the (square) input images, in pixels.
-        channels: Number of image channels.
+        channels: Number of image channels (1 grayscale, 3 colour).
+        architecture: The layer layout's name, checked when a checkpoint is loaded.
     """
 
     latent_dim: int = 64
@@ -50,15 +84,22 @@ class ConvAutoencoder(nn.Module):
     - the last Conv (16 channels to ``channels``) runs as the transposed
       convolution with the flipped kernel, which oneDNN runs faster than a
       convolution with a single output channel.
+
+    Larger images: at 28x28 the two blocks leave a 7x7 grid. Where two blocks would
+    leave a grid wider than ``MAX_GRID``, ``down`` adds Conv(64, 64)-MaxPool-ReLU blocks
+    after them and ``up`` the matching ConvTranspose(64, 64, 2, 2)-ReLU blocks before
+    the decoder, so the bottleneck stays at most 8x8 (4,096 inputs to the Linear layer
+    at any size) and the parameter count modest. At 28x28 both are empty: the same
+    layers, names and checkpoints as before.
     """
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
         self.config = config or ModelConfig()
         c, s, d = self.config.channels, self.config.image_size, self.config.latent_dim
-        if s % 4:
-            raise ValueError(f"image_size must be a multiple of 4, got {s}")
-        self._grid = s // 4
+        check_image_size(s)
+        extra = depth_for(s) - 2
+        self._grid = s // 2 ** (extra + 2)
         flat = 64 * self._grid * self._grid
         self.encoder = nn.Sequential(
             nn.Conv2d(c, 32, 3, padding=1),
@@ -69,6 +110,16 @@ class ConvAutoencoder(nn.Module):
             nn.ReLU(inplace=True),
             nn.Flatten(),
             nn.Linear(flat, d),
+        )
+        self.down = nn.Sequential(
+            *(
+                m
+                for _ in range(extra)
+                for m in (nn.Conv2d(64, 64, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(inplace=True))
+            )
+        )
+        self.up = nn.Sequential(
+            *(m for _ in range(extra) for m in (nn.ConvTranspose2d(64, 64, 2, stride=2), nn.ReLU(inplace=True)))
         )
         self.decoder_fc = nn.Linear(d, flat)
         self.decoder = nn.Sequential(
@@ -85,7 +136,7 @@ class ConvAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Map images ``(B, C, H, W)`` in [0, 1] to latents ``(B, latent_dim)``."""
-        h = self.encoder[:6](x)  # (B, 64, g, g), channels_last
+        h = self.down(self.encoder[:6](x))  # (B, 64, g, g), channels_last
         fc = self.encoder[7]
         g = self._grid
         # Flatten in the NHWC order the memory already has; permute the weight's columns
@@ -101,6 +152,10 @@ class ConvAutoencoder(nn.Module):
         w = fc.weight.view(64, g * g, -1).transpose(0, 1).reshape(fc.weight.shape)
         bias = fc.bias.view(64, g * g).t().reshape(-1)
         h = F.linear(z, w, bias).view(b * g * g, 64)
+        if len(self.up):  # larger images: upsample to a quarter of the image side first
+            h = self.up(h.view(b, g, g, 64).permute(0, 3, 1, 2))  # channels_last
+            g = h.shape[-1]
+            h = h.permute(0, 2, 3, 1).reshape(b * g * g, 64)
         # ConvTranspose(k=2, s=2): pixel (i, j) -> block (2i+p, 2j+q); weight (in, out, p, q).
         h = F.relu(F.linear(h, up1.weight.permute(2, 3, 1, 0).reshape(-1, 64), up1.bias.repeat(4)))
         h = F.linear(h.view(-1, 32), up2.weight.permute(2, 3, 1, 0).reshape(-1, 32), up2.bias.repeat(4))
@@ -130,12 +185,16 @@ class ReferenceAutoencoder(nn.Module):
         super().__init__()
         e = model.encoder
         self._grid = model._grid
-        self.encoder = nn.Sequential(e[0], nn.ReLU(), nn.MaxPool2d(2), e[3], nn.ReLU(), nn.MaxPool2d(2), e[6], e[7])
+        down = [m for conv in model.down[::3] for m in (conv, nn.ReLU(), nn.MaxPool2d(2))]
+        self.encoder = nn.Sequential(
+            e[0], nn.ReLU(), nn.MaxPool2d(2), e[3], nn.ReLU(), nn.MaxPool2d(2), *down, e[6], e[7]
+        )
         self.decoder_fc = model.decoder_fc
+        self.up = model.up
         self.decoder = model.decoder
         self.to(memory_format=torch.contiguous_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruct images ``(B, C, H, W)``; same shape out."""
         h = self.decoder_fc(self.encoder(x)).view(-1, 64, self._grid, self._grid)
-        return self.decoder(h)
+        return self.decoder(self.up(h))

@@ -27,13 +27,50 @@ class NotebookFigure(Figure):
 
 
 NORMAL_COLOR, ANOMALY_COLOR = "#4C72B0", "#C44E52"
+OUTLINE_COLOR = "#00E5FF"
 MAP_CMAP = "inferno"
 SCALES = ("per-image", "global")
 
 
-def image_grid(images: Any, labels: Any, is_anomaly: Any, *, per_kind: int = 8, seed: int = 0) -> Figure:
-    """Two rows of sample images ``(N, 1, H, W)``: normal ones above, anomalies below."""
-    imgs = np.asarray(images, dtype=float).reshape(len(images), *np.shape(images)[-2:])
+def displayable(images: Any) -> np.ndarray:
+    """``(N, C, H, W)`` images (or ``(N, H, W)``) as what ``imshow`` takes: ``(N, H, W)`` gray or ``(N, H, W, 3)``."""
+    a = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+    a = a.astype(np.float32, copy=False)
+    if a.ndim == 4 and a.shape[1] == 3:
+        return a.transpose(0, 2, 3, 1)
+    return a.reshape(len(a), *a.shape[-2:])
+
+
+def show_image(ax: Any, image: np.ndarray) -> None:
+    """One image from :func:`displayable`, gray or colour, on a [0, 1] scale."""
+    if image.ndim == 3:
+        ax.imshow(np.clip(image, 0, 1))
+    else:
+        ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+
+
+def outline(ax: Any, mask: np.ndarray | None) -> None:
+    """Draw the outline of a defect mask ``(H, W)`` (nothing where there is none)."""
+    if mask is not None and mask.any():
+        ax.contour(mask.astype(float), levels=[0.5], colors=OUTLINE_COLOR, linewidths=1.2)
+
+
+def class_name(class_names: Sequence[str] | None, label: Any) -> str:
+    """The name of ``label`` (the number itself where there are no names)."""
+    return class_names[int(label)] if class_names is not None else str(label)
+
+
+def image_grid(
+    images: Any,
+    labels: Any,
+    is_anomaly: Any,
+    *,
+    per_kind: int = 8,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
+) -> Figure:
+    """Two rows of sample images ``(N, C, H, W)``: normal ones above, anomalies below, titled by class."""
+    imgs = displayable(images)
     labels, y = np.asarray(labels), np.asarray(is_anomaly, dtype=bool)
     rng = np.random.default_rng(seed)
     fig = NotebookFigure(figsize=(per_kind * 0.9, 2.2), layout="constrained")
@@ -45,8 +82,8 @@ def image_grid(images: Any, labels: Any, is_anomaly: Any, *, per_kind: int = 8, 
             ax.set_xticks([])
             ax.set_yticks([])
             if col < len(chosen):
-                ax.imshow(imgs[chosen[col]], cmap="gray", vmin=0, vmax=1)
-                ax.set_title(str(labels[chosen[col]]), fontsize=8)
+                show_image(ax, imgs[chosen[col]])
+                ax.set_title(class_name(class_names, labels[chosen[col]]), fontsize=7)
         grid[row, 0].set_ylabel(name, fontsize=9)
     return fig
 
@@ -135,20 +172,28 @@ def triptych_axes(
     *,
     vmax: float | None = None,
     titles: bool = True,
+    mask: np.ndarray | None = None,
 ) -> Any:
-    """Draw [input | reconstruction | anomaly map] of one ``(H, W)`` image on three axes.
+    """Draw [input | reconstruction | anomaly map] of one image on three axes.
 
     Args:
+        image, reconstruction: ``(H, W)`` gray or ``(H, W, 3)`` colour, in [0, 1].
+        error_map: ``(H, W)``.
         vmax: Upper end of the map's colour scale; None for this image's own maximum.
+        titles: Name the panels.
+        mask: ``(H, W)`` bool defect mask, outlined on the input and the map.
 
     Returns:
         The map's image artist (for a colorbar).
     """
     top = float(vmax) if vmax is not None else max(float(error_map.max()), 1e-6)
-    axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
-    axes[1].imshow(reconstruction, cmap="gray", vmin=0, vmax=1)
+    show_image(axes[0], image)
+    show_image(axes[1], reconstruction)
     art = axes[2].imshow(error_map, cmap=MAP_CMAP, vmin=0, vmax=top)
-    for ax, name in zip(axes, ("input", "reconstruction", "anomaly map |x - x̂|"), strict=True):
+    outline(axes[0], mask)
+    outline(axes[2], mask)
+    map_title = "anomaly map |x - x̂|" + (" + defect outline" if mask is not None and mask.any() else "")
+    for ax, name in zip(axes, ("input", "reconstruction", map_title), strict=True):
         ax.set_xticks([])
         ax.set_yticks([])
         if titles:
@@ -164,28 +209,36 @@ def triptychs(
     captions: Sequence[str] | None = None,
     scale: str = "per-image",
     global_max: float | None = None,
+    masks: Any = None,
 ) -> Figure:
     """A grid of [input | reconstruction | anomaly map] rows with a colorbar each.
 
     Args:
-        images, reconstructions, maps: ``(N, 1, H, W)`` or ``(N, H, W)`` arrays.
+        images, reconstructions: ``(N, C, H, W)`` (C = 1 or 3) or ``(N, H, W)`` arrays.
+        maps: ``(N, 1, H, W)`` or ``(N, H, W)``.
         captions: One text per row (e.g. label and score).
         scale: ``"per-image"`` (each map to its own maximum) or ``"global"``
             (every map to ``global_max``, so colours compare across rows).
         global_max: The shared top of the scale; default the largest map value.
+        masks: ``(N, 1, H, W)`` defect masks to outline, or None.
     """
     if scale not in SCALES:
         raise ValueError(f"scale={scale!r}: use one of {SCALES}")
-    imgs, recs, errs = (
-        np.asarray(a, dtype=float).reshape(len(a), *np.shape(a)[-2:]) for a in (images, reconstructions, maps)
-    )
+    imgs, recs, errs = (displayable(a) for a in (images, reconstructions, maps))
+    outlines = displayable(masks) > 0.5 if masks is not None else None
     n = len(imgs)
     top = global_max if global_max is not None else float(errs.max()) if n else 1.0
     fig = NotebookFigure(figsize=(7.5, 2.3 * max(n, 1)), layout="constrained")
     grid = fig.subplots(max(n, 1), 3, squeeze=False)
     for row in range(n):
         art = triptych_axes(
-            grid[row], imgs[row], recs[row], errs[row], vmax=top if scale == "global" else None, titles=row == 0
+            grid[row],
+            imgs[row],
+            recs[row],
+            errs[row],
+            vmax=top if scale == "global" else None,
+            titles=row == 0,
+            mask=outlines[row] if outlines is not None else None,
         )
         fig.colorbar(art, ax=grid[row, 2], fraction=0.046, pad=0.04)
         if captions is not None:
@@ -193,8 +246,15 @@ def triptychs(
     return fig
 
 
-def tsne_scatter(embedding: Any, labels: Any, is_anomaly: Any, *, title: str = "t-SNE of the latent space") -> Figure:
-    """Two panels of a 2-D embedding: coloured by normal/anomaly, and by class."""
+def tsne_scatter(
+    embedding: Any,
+    labels: Any,
+    is_anomaly: Any,
+    *,
+    title: str = "t-SNE of the latent space",
+    class_names: Sequence[str] | None = None,
+) -> Figure:
+    """Two panels of a 2-D embedding: coloured by normal/anomaly, and by class (named)."""
     xy = np.asarray(embedding, dtype=float)
     labels, y = np.asarray(labels), np.asarray(is_anomaly, dtype=bool)
     fig = NotebookFigure(figsize=(11, 5), layout="constrained")
@@ -208,7 +268,12 @@ def tsne_scatter(embedding: Any, labels: Any, is_anomaly: Any, *, title: str = "
     for c in classes:
         m = labels == c
         right.scatter(
-            *xy[m].T, s=6, alpha=0.7, color=cmap(int(c) % 10), label=str(c), marker="x" if y[m].any() else "o"
+            *xy[m].T,
+            s=6,
+            alpha=0.7,
+            color=cmap(int(c) % 10),
+            label=class_name(class_names, c),
+            marker="x" if y[m].any() else "o",
         )
     right.legend(title="class", markerscale=2, fontsize=8, ncols=2)
     right.set_title("by class (x: anomaly class)")

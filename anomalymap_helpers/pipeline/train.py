@@ -39,6 +39,25 @@ def check_positive(name: str, value: Any, kind: type = int) -> None:
         raise ParameterError(f"{name}={value!r}: use {what}")
 
 
+AUTO_IMAGES = 10_000  # images seen at least, where epochs=0 on a small training set
+
+
+def schedule_for(n_train: int, epochs: int = 0, batch_size: int = 0) -> tuple[int, int]:
+    """Resolve ``epochs=0`` and ``batch_size=0`` ("by data set") for ``n_train`` training images.
+
+    ``batch_size=0``: 256, or on a set of under 4,096 images the power of two nearest
+    below ``n_train / 16`` (at least 16), so an epoch still takes about 16 steps.
+    ``epochs=0``: 5 (MNIST and Fashion-MNIST), or more on a small set, until the model
+    has seen ``AUTO_IMAGES`` images (e.g. 38 epochs of a 270-image folder). Values
+    other than 0 are kept.
+    """
+    if batch_size == 0:
+        batch_size = 256 if n_train >= 256 * 16 else max(16, 2 ** int(math.log2(max(n_train // 16, 1))))
+    if epochs == 0:
+        epochs = max(5, math.ceil(AUTO_IMAGES / max(n_train, 1)))
+    return epochs, batch_size
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train.

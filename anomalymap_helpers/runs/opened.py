@@ -79,14 +79,33 @@ class Run:
             )
         return scores
 
+    @property
+    def dataset(self) -> str:
+        """``"mnist"``, ``"fashion-mnist"`` or ``"folder"``."""
+        return str(self.manifest.get("dataset", "mnist")).lower()
+
+    def score_method(self, score_method: str = "auto") -> str:
+        """The score ``score_method`` names for this run's data (``"auto"``: see :func:`scoring.default_method`)."""
+        from anomalymap_helpers.pipeline import scoring
+
+        return scoring.check_method(score_method, self.dataset)
+
+    def map_blur(self, map_blur: float = -1.0) -> float:
+        """The maps' Gaussian sigma in pixels for this run's data (-1: see :func:`scoring.blur_sigma`)."""
+        from anomalymap_helpers.pipeline import scoring
+
+        return scoring.blur_sigma(map_blur, self.dataset, self.splits["test"].images.shape[-1])
+
     def explorer(self, scale: str = "per-image") -> Explorer:
-        """The heatmap explorer of the test split, with the score and threshold of notebook 03."""
+        """The heatmap explorer of the test split, with the score, threshold and map blur of notebook 03."""
         from anomalymap_helpers.pipeline import scoring
         from anomalymap_helpers.pipeline.explorer import Explorer
 
         test = self.splits["test"]
+        blur = float(self.evaluation.get("map_blur", 0.0))
+        names = storage.read_json(self.files.image_names) if self.files.image_names.exists() else None
         return Explorer(
-            scoring.score(self.model, test.images),  # reconstructions and maps, computed once
+            scoring.score(self.model, test.images, blur=blur),  # reconstructions and maps, computed once
             test.labels,
             test.is_anomaly,
             self.evaluation["threshold"],
@@ -94,4 +113,7 @@ class Run:
             score_name=self.evaluation.get("score", "mse"),
             indices=test.indices,
             scale=scale,
+            class_names=test.class_names,
+            masks=test.masks,
+            names=names,
         )

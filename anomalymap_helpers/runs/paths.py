@@ -54,6 +54,8 @@ class RunFiles:
 
     splits = property(lambda self: self.root / "splits.safetensors")
     manifest = property(lambda self: self.root / "splits.json")
+    images = property(lambda self: self.root / "images.safetensors")
+    image_names = property(lambda self: self.root / "image_names.json")
     model = property(lambda self: self.root / "model.safetensors")
     model_config = property(lambda self: self.root / "model.json")
     training_state = property(lambda self: self.root / "training_state.safetensors")
@@ -62,6 +64,7 @@ class RunFiles:
     scores = property(lambda self: self.root / "reconstruction_errors.csv")
     metrics = property(lambda self: self.root / "metrics.json")
     comparison = property(lambda self: self.root / "score_comparison.csv")
+    per_type = property(lambda self: self.root / "per_type.csv")
     histogram = property(lambda self: self.root / "error_histogram.png")
     roc = property(lambda self: self.root / "roc_curve.png")
     pr = property(lambda self: self.root / "pr_curve.png")

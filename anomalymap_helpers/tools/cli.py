@@ -1,4 +1,4 @@
-"""The command line: ``python -m anomalymap_helpers run|params|benchmark|speed|explorer-latency ...``."""
+"""The command line: ``python -m anomalymap_helpers run|params|example-folder|benchmark|speed|explorer-latency ...``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,15 @@ def _params(args: argparse.Namespace) -> int:
     from anomalymap_helpers.parameters import markdown_table
 
     print(markdown_table())
+    return 0
+
+
+def _example_folder(args: argparse.Namespace) -> int:
+    from anomalymap_helpers.pipeline.data.example import make_example_folder
+
+    out = make_example_folder(args.out, size=args.size, seed=args.seed, mnist_dir=args.mnist_dir)
+    print(f"wrote an example category folder to {out}; try it with:")
+    print(f"  python -m anomalymap_helpers run -p dataset folder -p image_dir {out} -p image_size {args.size}")
     return 0
 
 
@@ -79,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(func=_run)
     params = sub.add_parser("params", help="print every notebook parameter as a markdown table")
     params.set_defaults(func=_params)
+    example = sub.add_parser(
+        "example-folder", help="make a small folder data set (MVTec AD layout, defect masks) from MNIST"
+    )
+    example.add_argument("--out", default="data/example-folder", metavar="DIR", help="a new folder")
+    example.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    example.add_argument("--seed", type=int, default=0)
+    example.add_argument("--mnist-dir", default=None, help="local MNIST folder (default: the copy in data/mnist/)")
+    example.set_defaults(func=_example_folder)
     speed = sub.add_parser("speed", help="training and scoring throughput against the reference loop")
     speed.add_argument("--epochs", type=int, default=5, help="epochs of each training path (default 5)")
     speed.add_argument("--out", default="results/speed", metavar="DIR", help="where speed.json goes")

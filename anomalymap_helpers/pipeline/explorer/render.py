@@ -7,6 +7,7 @@ Each function takes an :class:`~anomalymap_helpers.pipeline.explorer.view.Explor
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,12 @@ def figure(ex: Explorer, i: int, threshold: float | None = None, scale: str | No
     fig = plotting.NotebookFigure(figsize=(7.5, 2.7), layout="constrained")
     axes = fig.subplots(1, 3)
     art = plotting.triptych_axes(
-        axes, ex.images[i], ex.reconstructions[i], ex.maps[i], vmax=ex.global_max if scale == "global" else None
+        axes,
+        ex.images[i],
+        ex.reconstructions[i],
+        ex.maps[i],
+        vmax=ex.global_max if scale == "global" else None,
+        mask=ex.mask(i),
     )
     fig.colorbar(art, ax=axes[2], fraction=0.046, pad=0.04, label=f"|x - x̂| ({scale} scale)")
     fig.suptitle(ex.caption(i, threshold), fontsize=9)
@@ -48,7 +54,7 @@ def thumbnails(ex: Explorer, positions: np.ndarray, zoom: int = 3) -> bytes:
     """
     from PIL import Image
 
-    h, w = ex.images.shape[1:]
+    h, w = ex.images.shape[1:3]
     pad = 2
     tile_w = w * zoom + 2 * pad
     strip = np.full((h * zoom + 2 * pad, max(1, len(positions)) * (tile_w + 4), 3), 255, np.uint8)
@@ -56,15 +62,15 @@ def thumbnails(ex: Explorer, positions: np.ndarray, zoom: int = 3) -> bytes:
         color = (196, 78, 82) if ex.is_anomaly[i] else (76, 114, 176)
         x0 = k * (tile_w + 4)
         strip[:, x0 : x0 + tile_w] = color
-        gray = (np.kron(ex.images[i], np.ones((zoom, zoom))) * 255).astype(np.uint8)
-        strip[pad : pad + h * zoom, x0 + pad : x0 + pad + w * zoom] = gray[..., None]
+        pixels = (ex.images[i].repeat(zoom, 0).repeat(zoom, 1) * 255).clip(0, 255).astype(np.uint8)
+        strip[pad : pad + h * zoom, x0 + pad : x0 + pad + w * zoom] = pixels[..., None] if pixels.ndim == 2 else pixels
     buf = io.BytesIO()
     Image.fromarray(strip).save(buf, format="PNG")
     return buf.getvalue()
 
 
 def save_samples(ex: Explorer, folder: str | Path, n: int = 8, *, seed: int = 0) -> list[Path]:
-    """Save ``n`` views as ``folder/sample_NN_digit<label>_called-<verdict>.png`` (atomically).
+    """Save ``n`` views as ``folder/sample_NN_<class>_called-<verdict>.png`` (atomically), e.g. ``digit9``.
 
     Samples an earlier run left in ``folder`` are removed once the new ones are written.
     """
@@ -72,7 +78,8 @@ def save_samples(ex: Explorer, folder: str | Path, n: int = 8, *, seed: int = 0)
         raise ParameterError(f"n_heatmaps={n!r}: use a whole number of at least 1")
     out = []
     for k, i in enumerate(ex.sample(n, seed)):
-        path = Path(folder) / f"sample_{k:02d}_digit{ex.labels[i]}_called-{ex.verdict(i)}.png"
+        name = re.sub(r"[^A-Za-z0-9-]+", "", ex.class_name(int(i)).replace("/", "-"))
+        path = Path(folder) / f"sample_{k:02d}_{name}_called-{ex.verdict(i)}.png"
         storage.save_figure(figure(ex, int(i)), path, dpi=90)
         out.append(path)
     for stale in set(Path(folder).glob("sample_*.png")) - set(out):  # from an earlier run of 04

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 
 from anomalymap_helpers.errors import ParameterError
@@ -36,6 +35,9 @@ class Explorer:
         score_name: What the scores are (e.g. ``"latent-knn"``), shown in captions.
         indices: ``(N,)`` positions in the source dataset, shown in titles.
         scale: ``"per-image"`` or ``"global"`` colour scale of the map.
+        class_names: The name of each label (e.g. ``"digit 9"``, ``"scratch"``).
+        masks: ``(N, 1, H, W)`` defect masks, outlined over the map; None where there are none.
+        names: ``(N,)`` file names, shown in titles where the images have them.
     """
 
     def __init__(
@@ -49,16 +51,22 @@ class Explorer:
         score_name: str = "score",
         indices: Any = None,
         scale: str = "per-image",
+        class_names: Any = None,
+        masks: Any = None,
+        names: Any = None,
     ) -> None:
         if scale not in plotting.SCALES:
             raise ParameterError(f"heatmap_scale={scale!r}: use one of {list(plotting.SCALES)}")
-        self.images = _plain(scored.images)
-        self.reconstructions = _plain(scored.reconstructions)
-        self.maps = _plain(scored.maps)
+        self.images = plotting.displayable(scored.images)
+        self.reconstructions = plotting.displayable(scored.reconstructions)
+        self.maps = plotting.displayable(scored.maps)
+        self.masks = plotting.displayable(masks) > 0.5 if masks is not None else None
         self.scores = np.asarray(scored.scores if scores is None else scores, dtype=np.float64)
         self.labels = np.asarray(labels)
         self.is_anomaly = np.asarray(is_anomaly, dtype=bool)
         self.indices = np.asarray(indices) if indices is not None else np.arange(len(self.scores))
+        self.class_names = tuple(class_names) if class_names is not None else None
+        self.names = tuple(names) if names else None
         self.threshold = float(threshold)
         self.scale = scale
         self.global_max = float(self.maps.max()) if self.maps.size else 1.0
@@ -98,9 +106,21 @@ class Explorer:
         sign = ">" if verdict == "anomaly" else "<="
         mark = "correct" if verdict == truth else "wrong"
         return (
-            f"test image #{self.indices[i]} (digit {self.labels[i]}, {truth}): {self.score_name} {self.scores[i]:.5f} "
+            f"{self.title(i)} ({self.class_name(i)}, {truth}): {self.score_name} {self.scores[i]:.5f} "
             f"{sign} threshold {t:.5f} -> {verdict} ({mark})"
         )
+
+    def class_name(self, i: int) -> str:
+        """The class name of image ``i`` (e.g. ``"digit 9"``, ``"scratch"``)."""
+        return plotting.class_name(self.class_names, self.labels[i])
+
+    def title(self, i: int) -> str:
+        """How image ``i`` is named: its file (folder data sets) or its number in the test set."""
+        return self.names[int(self.indices[i])] if self.names else f"test image #{self.indices[i]}"
+
+    def mask(self, i: int) -> np.ndarray | None:
+        """Image ``i``'s defect mask ``(H, W)``, or None."""
+        return self.masks[i] if self.masks is not None else None
 
     def gallery(self, kind: str, n: int = 8, threshold: float | None = None) -> np.ndarray:
         """Positions of up to ``n`` images of a gallery at ``threshold``.
@@ -179,9 +199,3 @@ class Explorer:
         bundle["image/png"] = base64.b64encode(self.png()).decode("ascii")
         bundle["text/plain"] = self.caption(self.current())
         return bundle
-
-
-def _plain(x: Any) -> np.ndarray:
-    """``(N, 1, H, W)`` tensor or array to ``(N, H, W)`` float32 NumPy."""
-    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    return a.reshape(len(a), *a.shape[-2:]).astype(np.float32, copy=False)

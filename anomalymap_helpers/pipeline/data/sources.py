@@ -1,0 +1,70 @@
+"""One entry point for every data source: the ``dataset`` parameter's three values."""
+
+from __future__ import annotations
+
+import os
+
+from anomalymap_helpers.errors import ParameterError
+from anomalymap_helpers.pipeline.data import folder, idx
+from anomalymap_helpers.pipeline.data.images import ImageData
+from anomalymap_helpers.runs.paths import DEFAULT_DATA_DIR
+
+DATASETS = ("mnist", "fashion-mnist", "folder")
+IDX_SIZE = 28
+FOLDER_SIZE = 128
+
+
+def image_size_for(dataset: str, image_size: int = 0) -> int:
+    """The side the images are used at: ``image_size``, or where it is 0, 28 (MNIST, Fashion) or 128 (folders).
+
+    Raises:
+        ParameterError: an IDX data set at another size than 28, or a size the model
+            cannot take (not a multiple of 4, or under 16).
+    """
+    if dataset not in DATASETS:
+        raise ParameterError(f"dataset={dataset!r}: use one of {list(DATASETS)}")
+    if dataset != "folder":
+        if image_size not in (0, IDX_SIZE):
+            raise ParameterError(
+                f"image_size={image_size}: {dataset} images are {IDX_SIZE}x{IDX_SIZE}; leave image_size at 0 "
+                f"(or {IDX_SIZE})"
+            )
+        return IDX_SIZE
+    from anomalymap_helpers.pipeline.model import check_image_size
+
+    return check_image_size(image_size or FOLDER_SIZE)
+
+
+def load_dataset(
+    dataset: str = "mnist",
+    *,
+    data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR,
+    mnist_dir: str | None = None,
+    fashion_dir: str | None = None,
+    image_dir: str | None = None,
+    image_size: int = 0,
+) -> ImageData:
+    """Load a data set by the notebooks' parameters.
+
+    Args:
+        dataset: ``"mnist"``, ``"fashion-mnist"`` or ``"folder"``.
+        data_dir: Where MNIST and Fashion-MNIST are unpacked.
+        mnist_dir: A local folder of MNIST's files (see :mod:`.idx`).
+        fashion_dir: A local folder of Fashion-MNIST's files (see :mod:`.idx`).
+        image_dir: The category folder of a ``"folder"`` data set (see :mod:`.folder`).
+        image_size: The side the images are resized to; 0 for the data set's default.
+
+    Raises:
+        ParameterError: an unknown data set, a folder data set without ``image_dir``, or a bad size.
+        DataError: the files are missing, corrupt, or not in the expected layout.
+    """
+    size = image_size_for(dataset, image_size)
+    if dataset == "folder":
+        if not image_dir:
+            raise ParameterError(
+                'dataset="folder" needs image_dir: the category folder (train/good/, test/...); '
+                "`python -m anomalymap_helpers example-folder` makes one to try"
+            )
+        return folder.load_folder(image_dir, size)
+    spec = idx.SPECS[dataset]
+    return idx.load(spec, data_dir, mnist_dir if spec is idx.MNIST else fashion_dir)
