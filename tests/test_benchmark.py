@@ -38,3 +38,15 @@ def test_summary_reports_the_sample_std(tmp_path: Path) -> None:
     table = benchmark.summarize(path, ("leave-one-out",), (9,), 3)
     assert "| 9 | 0.700 ± 0.100 |" in table  # NumPy: std([0.6, 0.7, 0.8], ddof=1) = 0.1
     assert "sample std (ddof=1)" in table
+
+
+def test_resume_keeps_data_sets_apart(tmp_path: Path) -> None:
+    """Rows of MNIST are never resumed as Fashion-MNIST rows; a folder from before the
+    dataset setting existed counts as MNIST."""
+    _rows(tmp_path, [0.6])
+    saved = benchmark.check_settings(tmp_path / "new", benchmark.QUICK, True)
+    saved.pop("dataset")
+    (tmp_path / "settings.json").write_text(__import__("json").dumps(saved))
+    assert benchmark.check_settings(tmp_path, benchmark.QUICK, True, "mnist")["dataset"] == "mnist"
+    with pytest.raises(ParameterError, match="dataset: there 'mnist', now 'fashion-mnist'"):
+        benchmark.check_settings(tmp_path, benchmark.QUICK, True, "fashion-mnist")

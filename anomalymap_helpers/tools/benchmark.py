@@ -1,13 +1,13 @@
-"""Detection benchmark over the two standard MNIST protocols.
+"""Detection benchmark over the two standard protocols, on MNIST or Fashion-MNIST.
 
-``python -m anomalymap_helpers benchmark [--protocol leave-one-out|one-class|both]
-[--digits 0 1 ...] [--seeds N] [--out DIR] [--quick]``
+``python -m anomalymap_helpers benchmark [--dataset mnist|fashion-mnist]
+[--protocol leave-one-out|one-class|both] [--digits 0 1 ...] [--seeds N] [--out DIR] [--quick]``
 
-- *leave-one-out*: train on the nine other digits; the digit is the anomaly.
-- *one-class*: train on the digit alone; the nine others are anomalies.
+- *leave-one-out*: train on the nine other classes; the class is the anomaly.
+- *one-class*: train on the class alone; the nine others are anomalies.
 
-Each (protocol, digit, seed) run trains the autoencoder on the standard MNIST
-training images of its normal classes, fits every score method on the normal
+Each (protocol, class, seed) run trains the autoencoder on the standard training
+images of its normal classes, fits every score method on the normal
 training and validation images, and scores the 10,000 test images. Every choice
 (epochs, method settings, how the ensemble combines) is fixed in advance or
 fitted on validation normals; test labels only measure. Finished runs are
@@ -31,13 +31,21 @@ from anomalymap_helpers.runs.paths import resolve
 PROTOCOLS = ("leave-one-out", "one-class")
 COLUMNS = ["protocol", "digit", "seed", "method", "roc_auc", "average_precision"]
 
-# Published mean ROC-AUC over the ten digits, one-class protocol.
+# Published mean ROC-AUC over the ten classes, one-class protocol.
 PUBLISHED_ONE_CLASS = {
-    "Deep SVDD (Ruff et al. 2018)": 0.948,
-    "OCGAN (Perera et al. 2019)": 0.975,
-    "GeoTrans (Golan & El-Yaniv 2018)": 0.980,
-    "ARNet (Fei et al. 2020)": 0.983,
+    "mnist": {
+        "Deep SVDD (Ruff et al. 2018)": 0.948,
+        "OCGAN (Perera et al. 2019)": 0.975,
+        "GeoTrans (Golan & El-Yaniv 2018)": 0.980,
+        "ARNet (Fei et al. 2020)": 0.983,
+    },
+    "fashion-mnist": {
+        "Deep SVDD (Ruff et al. 2018)": 0.892,
+        "GeoTrans (Golan & El-Yaniv 2018)": 0.935,
+        "ARNet (Fei et al. 2020)": 0.939,
+    },
 }
+DATASETS = tuple(PUBLISHED_ONE_CLASS)
 
 
 @dataclass(frozen=True)
@@ -84,14 +92,14 @@ def _append(path: Path, rows: list[list[Any]]) -> None:
 
 
 def one_run(
-    mnist: Any, protocol: str, digit: int, seed: int, settings: Settings, device: str = "auto"
+    images: Any, protocol: str, digit: int, seed: int, settings: Settings, device: str = "auto"
 ) -> list[list[Any]]:
     """Train, fit the scorers on normals, score the test set; one row per method."""
     from anomalymap_helpers.pipeline import data, metrics, scoring, train
 
     normal, anomaly = classes(protocol, digit)
     config = data.SplitConfig(normal, anomaly, seed=seed)
-    splits = data.take(mnist, data.make_splits(mnist.train_labels, mnist.test_labels, config), anomaly)
+    splits = data.take(images, data.make_splits(images.train_labels, images.test_labels, config), anomaly)
     train_x, val_x, test_x = (splits[k].images for k in ("train", "val", "test"))
     is_anomaly = splits["test"].is_anomaly.numpy()
     cfg = train.TrainConfig(epochs=settings.epochs(protocol), batch_size=settings.batch_size, seed=seed, device=device)
@@ -104,23 +112,23 @@ def one_run(
     return rows
 
 
-def key(settings: Settings, quick: bool) -> dict[str, Any]:
-    """Everything a row of ``benchmark.csv`` depends on, besides its protocol, digit and seed."""
+def key(settings: Settings, quick: bool, dataset: str = "mnist") -> dict[str, Any]:
+    """Everything a row of ``benchmark.csv`` depends on, besides its protocol, class and seed."""
     from anomalymap_helpers.pipeline.scoring import METHODS
 
-    return {"quick": quick, **asdict(settings), "methods": list(METHODS)}
+    return {"dataset": dataset, "quick": quick, **asdict(settings), "methods": list(METHODS)}
 
 
-def check_settings(folder: Path, settings: Settings, quick: bool) -> dict[str, Any]:
+def check_settings(folder: Path, settings: Settings, quick: bool, dataset: str = "mnist") -> dict[str, Any]:
     """The settings to record; refuse to resume a folder whose rows were made with other settings.
 
     Raises:
         ParameterError: ``folder`` holds rows of other settings (named, with both values).
     """
-    wanted = key(settings, quick)
+    wanted = key(settings, quick, dataset)
     saved_path = folder / "settings.json"
     if (folder / "benchmark.csv").exists() and saved_path.exists():
-        saved = storage.read_json(saved_path)
+        saved = {"dataset": "mnist", **storage.read_json(saved_path)}  # older folders were MNIST only
         differ = [f"{k}: there {saved.get(k)!r}, now {v!r}" for k, v in wanted.items() if saved.get(k) != v]
         if differ:
             raise ParameterError(
@@ -158,6 +166,7 @@ def run_benchmark(
     data_dir: str = "data",
     mnist_dir: str | None = None,
     device: str = "auto",
+    dataset: str = "mnist",
 ) -> Path:
     """Run (or resume) the benchmark; print and write the summary. Returns ``benchmark.md``."""
     import contextlib
@@ -170,10 +179,12 @@ def run_benchmark(
     settings = QUICK if quick else Settings()
     folder = resolve(out)
     csv_path = folder / "benchmark.csv"
-    recorded = check_settings(folder, settings, quick)
+    if dataset not in DATASETS:
+        raise ParameterError(f"--dataset {dataset}: use one of {list(DATASETS)}")
+    recorded = check_settings(folder, settings, quick, dataset)
+    images = data.load_dataset(dataset, data_dir=data_dir, mnist_dir=mnist_dir)
     folder.mkdir(parents=True, exist_ok=True)
     storage.write_json(folder / "settings.json", {**recorded, "commit": _commit()})
-    mnist = data.load_mnist(data_dir, mnist_dir)
     todo = [(p, d, s) for p in protocols for d in digits for s in range(seeds)]
     done = _done(csv_path)
     left = [r for r in todo if r not in done]
@@ -181,22 +192,39 @@ def run_benchmark(
     t0 = time.perf_counter()
     for protocol, digit, seed in tqdm(left, desc="benchmark runs"):
         with contextlib.redirect_stdout(io.StringIO()):  # keep the bar readable
-            rows = one_run(mnist, protocol, digit, seed, settings, device)
+            rows = one_run(images, protocol, digit, seed, settings, device)
         _append(csv_path, rows)
     minutes = (time.perf_counter() - t0) / 60
-    table = summarize(csv_path, protocols, digits, seeds)
+    table = summarize(csv_path, protocols, digits, seeds, images.class_names)
+    if "one-class" in protocols:
+        table += "\n\nPublished one-class means on the same data: " + ", ".join(
+            f"{name} {auc:.3f}" for name, auc in PUBLISHED_ONE_CLASS[dataset].items()
+        )
     md = folder / "benchmark.md"
     storage.write_text(
-        md, table + f"\n\n{len(left)} runs in {minutes:.1f} min ({'quick' if quick else 'full'} settings: {settings})\n"
+        md,
+        f"## {dataset}\n\n{table}\n\n{len(left)} runs in {minutes:.1f} min "
+        f"({'quick' if quick else 'full'} settings: {settings})\n",
     )
     print(table)
     print(f"{len(left)} runs in {minutes:.1f} min; wrote {csv_path} and {md}")
     return md
 
 
-def summarize(csv_path: Path, protocols: tuple[str, ...], digits: tuple[int, ...], seeds: int) -> str:
-    """Markdown tables: per-digit ROC-AUC (mean ± std over seeds) per method, and their mean."""
+def summarize(
+    csv_path: Path,
+    protocols: tuple[str, ...],
+    digits: tuple[int, ...],
+    seeds: int,
+    class_names: tuple[str, ...] | None = None,
+) -> str:
+    """Markdown tables: per-class ROC-AUC (mean ± std over seeds) per method, and their mean.
+
+    The default score's column comes first; the others are comparisons.
+    """
     import pandas as pd
+
+    from anomalymap_helpers.pipeline.scoring import DEFAULT_METHOD
 
     frame = pd.read_csv(csv_path)
     frame = frame[frame.protocol.isin(protocols) & frame.digit.isin(digits) & (frame.seed < seeds)]
@@ -205,16 +233,17 @@ def summarize(csv_path: Path, protocols: tuple[str, ...], digits: tuple[int, ...
         part = frame[frame.protocol == protocol]
         if part.empty:
             continue
-        methods = list(dict.fromkeys(part.method))
+        methods = sorted(dict.fromkeys(part.method), key=lambda m: m != DEFAULT_METHOD)
         lines = [f"### {protocol}: ROC-AUC, mean ± sample std (ddof=1) over {part.seed.nunique()} seed(s)", ""]
-        lines.append("| digit | " + " | ".join(methods) + " |")
+        lines.append("| class | " + " | ".join(f"{m} (default)" if m == DEFAULT_METHOD else m for m in methods) + " |")
         lines.append("|---|" + "---:|" * len(methods))
         for d in sorted(part.digit.unique()):
             cells = []
             for m in methods:
                 v = part[(part.digit == d) & (part.method == m)].roc_auc
                 cells.append(f"{v.mean():.3f} ± {_std(v)}")
-            lines.append(f"| {d} | " + " | ".join(cells) + " |")
+            name = f"{d} {class_names[d]}" if class_names and not class_names[d].startswith("digit") else str(d)
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         # The mean over digits per seed, then mean ± std of that over seeds.
         per_seed = part.groupby(["method", "seed"]).roc_auc.mean().groupby("method")
         lines.append(

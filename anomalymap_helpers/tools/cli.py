@@ -41,6 +41,8 @@ def _speed(args: argparse.Namespace) -> int:
         mnist_dir=args.mnist_dir,
         max_train=args.max_train,
         reference_retains_memory=not args.reference_glibc_defaults,
+        image_size=args.image_size,
+        channels=args.channels,
     )
     return 0
 
@@ -57,6 +59,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         quick=args.quick,
         mnist_dir=args.mnist_dir,
         device=args.device,
+        dataset=args.dataset,
     )
     return 0
 
@@ -102,13 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--seed", type=int, default=0)
     speed.add_argument("--mnist-dir", default=None, help="local MNIST folder (default $ANOMALYMAP_MNIST_DIR)")
     speed.add_argument("--max-train", type=int, default=None, help="cap on normal training images, for a quick run")
+    speed.add_argument("--image-size", type=int, default=28, help="image side (MNIST scaled up; default 28)")
+    speed.add_argument("--channels", type=int, default=1, choices=(1, 3), help="1 grayscale or 3 colour")
     speed.add_argument(
         "--reference-glibc-defaults",
         action="store_true",
         help="run the reference loop without keeping freed memory (its speed then varies between runs)",
     )
     speed.set_defaults(func=_speed)
-    bench = sub.add_parser("benchmark", help="ROC-AUC per digit over the leave-one-out and one-class protocols")
+    bench = sub.add_parser("benchmark", help="ROC-AUC per class over the leave-one-out and one-class protocols")
+    bench.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
     bench.add_argument("--protocol", choices=["leave-one-out", "one-class", "both"], default="both")
     bench.add_argument("--digits", type=int, nargs="+", default=list(range(10)), choices=range(10), metavar="D")
     bench.add_argument("--seeds", type=int, default=3, help="seeds per digit (default 3)")

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from anomalymap_helpers.errors import AnomalyMapError
+from anomalymap_helpers.errors import AnomalyMapError, ParameterError
 from anomalymap_helpers.runs import storage
 from anomalymap_helpers.runs.paths import resolve
 from anomalymap_helpers.tools.speed.report import format_table
@@ -87,6 +87,28 @@ class _Worker:
             self.process.terminate()
 
 
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model, its cores and whether it has AVX-512, bf16 and AMX (Linux ``/proc/cpuinfo``)."""
+    import os
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    return {
+        "model": model,
+        "cores": os.cpu_count(),
+        "avx512": "avx512f" in flags,
+        "bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
+        "amx": "amx_tile" in flags,
+    }
+
+
 def run_speed(
     epochs: int = 5,
     out: str = DEFAULT_OUT,
@@ -96,6 +118,8 @@ def run_speed(
     mnist_dir: str | None = None,
     max_train: int | None = None,
     reference_retains_memory: bool = True,
+    image_size: int = 28,
+    channels: int = 1,
 ) -> dict:
     """Run both paths an epoch at a time, in turn, print the table, write ``speed.json``.
 
@@ -104,11 +128,22 @@ def run_speed(
     so on. Each runs in its own process and waits while the other runs. Both keep
     freed memory for reuse unless ``reference_retains_memory`` is False, which runs
     the reference under glibc's defaults (see :func:`reference_worker`).
+
+    At another ``image_size`` or ``channels`` both paths train on MNIST scaled up to
+    that size and repeated to the channels (the model grows with the size), on 2,000
+    training images unless ``max_train`` says otherwise, and score 1,000 test images.
     """
     from anomalymap_helpers.pipeline import data
+    from anomalymap_helpers.pipeline.model import check_image_size
+
+    shape = (check_image_size(image_size), channels)
+    if channels not in (1, 3):
+        raise ParameterError(f"--channels {channels}: use 1 (grayscale) or 3 (colour)")
+    if shape != (28, 1) and max_train is None:
+        max_train = 2000
 
     data.prepare_mnist(data_dir, mnist_dir)  # once, here: two workers unpacking at once would race
-    args = (epochs, seed, str(resolve(data_dir)), mnist_dir, max_train)
+    args = (epochs, seed, str(resolve(data_dir)), mnist_dir, max_train, shape)
     ref = _Worker("reference loop", reference_worker, (*args, reference_retains_memory))
     proj = _Worker("project path", project_worker, args)
     try:
@@ -128,6 +163,10 @@ def run_speed(
         ref.close()
         proj.close()
     report = {
+        "cpu": cpu_info(),
+        "image_size": image_size,
+        "channels": channels,
+        "train_images": proj_result["train_images"],
         "epochs": epochs,
         "seed": seed,
         "torch": torch.__version__,

@@ -48,6 +48,13 @@ def format_table(r: dict) -> str:
                 f"{bound:,.0f} images/s ({bound / r['reference_train_images_per_s']:.2f}x)",
             ),
         ]
+    cpu = r.get("cpu")
+    if cpu:
+        flags = ", ".join(f"{name} {'yes' if cpu.get(name) else 'no'}" for name in ("avx512", "bf16", "amx"))
+        rows.insert(0, ("CPU", "", f"{cpu['model']}, {cpu['cores']} cores ({flags})"))
+    if r.get("image_size", 28) != 28 or r.get("channels", 1) != 1:
+        shape = f"{r['channels']}x{r['image_size']}x{r['image_size']} (MNIST scaled up), {r['train_images']:,} training images"
+        rows.insert(1, ("images", shape, shape))
     lines = ["| | reference loop | AnomalyMap |", "|---|---:|---:|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines)
