@@ -69,12 +69,10 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("series-data")
 
 
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path, data_dir: Path) -> Path:
-    """A run folder made by the five notebooks through the runner, with small parameters."""
-    out = tmp_path_factory.mktemp("run")
+def run_series(out: Path, params: dict[str, object]) -> Path:
+    """Run the five notebooks through the runner into ``out``; the runner's output goes to ``runner.log``."""
     args = [sys.executable, "-m", "anomalymap_helpers", "run", "--results", str(out)]
-    for name, value in {**SMALL, "mnist_dir": str(mnist_dir), "data_dir": str(data_dir)}.items():
+    for name, value in params.items():
         args += ["-p", name, str(value)]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
     (out / "runner.log").write_text(proc.stdout + proc.stderr)
@@ -82,6 +80,32 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path, data_dir:
     for name in NAMES:
         assert f"{name} done in" in proc.stdout
     return out
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path, data_dir: Path) -> Path:
+    """A run folder made by the five notebooks through the runner, with small parameters."""
+    return run_series(tmp_path_factory.mktemp("run"), {**SMALL, "mnist_dir": mnist_dir, "data_dir": data_dir})
+
+
+FOLDER_SMALL = {"dataset": "folder", "image_size": 32, "n_heatmaps": 4, "tsne_samples": 20}  # epochs by data set
+
+
+@pytest.fixture(scope="session")
+def folder_run_dir(tmp_path_factory: pytest.TempPathFactory, example_folder: Path, data_dir: Path) -> Path:
+    """The five notebooks on the example folder (32x32 colour images with defect masks)."""
+    params = {**FOLDER_SMALL, "image_dir": example_folder, "data_dir": data_dir}
+    return run_series(tmp_path_factory.mktemp("folder-run"), params)
+
+
+@pytest.fixture(scope="session")
+def fashion_run_dir(tmp_path_factory: pytest.TempPathFactory, fashion_dir: Path, data_dir: Path) -> Path:
+    """The five notebooks on a slice of Fashion-MNIST: T-shirts normal, trousers and bags anomalous."""
+    params = {
+        **SMALL, "dataset": "fashion-mnist", "fashion_dir": fashion_dir, "data_dir": data_dir,
+        "normal_classes": "[0]", "anomaly_classes": "[1, 8]", "max_train": 2000, "max_test": 600,
+    }
+    return run_series(tmp_path_factory.mktemp("fashion-run"), params)
 
 
 @pytest.fixture(scope="session")
@@ -99,11 +123,11 @@ def fashion_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def example_folder(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
-    """A small example category folder (MVTec AD layout) at 32x32, made from MNIST."""
+    """A small example category folder (MVTec AD layout) at 32x32, made from MNIST: 160 training images."""
     from anomalymap_helpers.pipeline.data.example import make_example_folder
 
     out = tmp_path_factory.mktemp("example") / "washers"
     return make_example_folder(
-        out, size=32, n_train=40, n_test_good=10, n_defect=6, data_dir=str(tmp_path_factory.mktemp("d")),
+        out, size=32, n_train=160, n_test_good=10, n_defect=6, data_dir=str(tmp_path_factory.mktemp("d")),
         mnist_dir=str(mnist_dir),
     )

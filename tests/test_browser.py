@@ -54,9 +54,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def lab(run_dir: Path, mnist_dir: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A JupyterLab server over a folder holding notebook 04 with the run's parameters; yields its URL."""
+@pytest.fixture(scope="module", params=["run_dir", "folder_run_dir"])
+def lab(
+    request: pytest.FixtureRequest, mnist_dir: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
+    """A JupyterLab server over a folder holding notebook 04 with a run's parameters (the MNIST
+    smoke run, then the example-folder run); yields its URL and the run folder."""
+    run_dir = request.getfixturevalue(request.param)
     home = tmp_path_factory.mktemp("lab")
     nb = nbformat.read(ROOT / "notebooks" / "04_explorer.ipynb", as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
@@ -117,7 +121,7 @@ def lab(run_dir: Path, mnist_dir: Path, data_dir: Path, tmp_path_factory: pytest
                         "JupyterLab did not start:\n" + (home / "lab.log").read_text()[-3000:]
                     ) from None
                 time.sleep(0.5)
-        yield f"{url}/lab/tree/04_explorer.ipynb?token={token}"
+        yield f"{url}/lab/tree/04_explorer.ipynb?token={token}", run_dir
     finally:
         server.terminate()
         try:
@@ -135,10 +139,11 @@ def _set_readout(page, name: str, value: str) -> None:  # noqa: ANN001
     page.keyboard.press("Enter")
 
 
-def test_explorer_renders_and_responds_in_jupyterlab(lab: str, run_dir: Path, tmp_path: Path) -> None:
+def test_explorer_renders_and_responds_in_jupyterlab(lab: tuple[str, Path], tmp_path: Path) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
+    lab, run_dir = lab
     shots = run_dir / "ui"
     shots.mkdir(exist_ok=True)
     with sync_playwright() as pw:

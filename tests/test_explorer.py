@@ -128,3 +128,6 @@ def test_colour_images_with_masks_show_the_defect_outline(tmp_path: Path) -> Non
     assert render.thumbnails(ex, np.arange(4))[:4] == b"\x89PNG"
     paths = ex.save_samples(tmp_path, 4)
     assert {p.name.split("_")[2] for p in paths} == {"good", "blob", "scratch"}
+    assert ex.subsets()["class:2"] == "only scratch" and ex.positions("class:2").tolist() == [2]
+    ex.controls()["subset"].value = "class:1"
+    assert ex.current() == 3

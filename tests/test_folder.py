@@ -23,7 +23,7 @@ def category(example_folder: Path, tmp_path: Path) -> Path:
 def test_example_folder_reads_with_classes_masks_and_sizes(example_folder: Path) -> None:
     images = folder.load_folder(example_folder, 32)
     assert images.class_names == ("good", "blob", "scratch")
-    assert images.train_images.shape == (40, 3, 32, 32) and images.train_images.dtype == torch.uint8
+    assert images.train_images.shape == (160, 3, 32, 32) and images.train_images.dtype == torch.uint8
     assert images.test_images.shape == (22, 3, 32, 32)
     assert torch.bincount(images.test_labels).tolist() == [10, 6, 6]
     masks = images.test_masks
@@ -62,7 +62,7 @@ def test_stray_files_are_skipped_and_counted(category: Path) -> None:
     checkpoints.mkdir()
     shutil.copy(category / "test" / "scratch" / "000.png", checkpoints / "000-checkpoint.png")
     images = folder.load_folder(category, 32)
-    assert len(images.train_images) == 40 and len(images.test_images) == 22
+    assert len(images.train_images) == 160 and len(images.test_images) == 22
     assert sorted(images.skipped) == sorted(
         ["train/good/.DS_Store", "train/good/Thumbs.db", "test/good/notes.txt", "test/scratch/.ipynb_checkpoints/"]
     )

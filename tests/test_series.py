@@ -145,7 +145,49 @@ def test_run_without_a_model_names_notebook_02(tmp_path: Path, mnist_dir: Path, 
     from anomalymap_helpers.runs.paths import RunFiles
 
     mnist = data.load_mnist(data_dir, str(mnist_dir))
-    data.write_splits(RunFiles(tmp_path), mnist, data.SplitConfig(max_train=200), data_dir=str(data_dir), mnist_dir="")
+    source = {"data_dir": str(data_dir), "mnist_dir": ""}
+    data.write_splits(RunFiles(tmp_path), mnist, data.SplitConfig(max_train=200), source=source)
     run = Run.open(tmp_path, data_dir=str(data_dir), device="cpu")
     with pytest.raises(MissingInputError, match="no model.safetensors .* run notebook 02_training first"):
         assert run.model is None
+
+
+def test_folder_series_measures_the_maps_against_the_masks(folder_run_dir: Path) -> None:
+    """On a folder data set: pixel ROC-AUC and AUPRO in metrics.json, a row per defect type in
+    per_type.csv, the map-read default score, and triptychs named by defect type."""
+    metrics = json.loads((folder_run_dir / "metrics.json").read_text())
+    assert metrics["dataset"] == "folder" and metrics["score"] == "topk" and metrics["score_method"] == "auto"
+    assert metrics["map_blur"] == 1.0  # image_size 32 / 32
+    for key in ("roc_auc", "pixel_roc_auc", "aupro"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    with open(folder_run_dir / "per_type.csv") as fh:
+        rows = {r["name"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"good", "blob", "scratch"}
+    assert rows["blob"]["kind"] == "anomaly" and int(rows["blob"]["n"]) == 6 and int(rows["good"]["n"]) == 10
+    manifest = json.loads((folder_run_dir / "splits.json").read_text())
+    assert manifest["class_names"] == ["good", "blob", "scratch"] and manifest["channels"] == 3
+    names = {p.name.split("_")[2] for p in (folder_run_dir / "heatmaps").glob("sample_*.png")}
+    assert names <= {"good", "blob", "scratch"} and names & {"blob", "scratch"}
+    model = json.loads((folder_run_dir / "model.json").read_text())
+    assert model["model"]["image_size"] == 32 and model["model"]["channels"] == 3
+
+
+def test_fashion_series_names_the_classes(fashion_run_dir: Path) -> None:
+    metrics = json.loads((fashion_run_dir / "metrics.json").read_text())
+    assert metrics["dataset"] == "fashion-mnist" and metrics["score"] == "latent-knn" and "aupro" not in metrics
+    with open(fashion_run_dir / "per_type.csv") as fh:
+        names = [r["name"] for r in csv.DictReader(fh)]
+    assert names == ["T-shirt/top", "Trouser", "Bag"]
+    assert "T-shirt/top" in (fashion_run_dir / "runner.log").read_text()
+
+
+@pytest.mark.parametrize("which", ["folder_run_dir", "fashion_run_dir"])
+def test_nbval_reruns_the_other_data_sets(which: str, request: pytest.FixtureRequest) -> None:
+    folder = request.getfixturevalue(which)
+    notebooks = [str(folder / "notebooks" / n) for n in NAMES]
+    env = {**os.environ, "ANOMALYMAP_HEADLESS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--current-env", *notebooks],
+        cwd=folder, capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -44,3 +44,20 @@ def test_speed_benchmark_reports_missing_data_clearly(tmp_path: Path) -> None:
     with pytest.raises(AnomalyMapError, match="MNIST"):
         run_speed(1, str(tmp_path / "speed"), data_dir=str(tmp_path / "data"), mnist_dir=str(tmp_path / "nowhere"))
     assert not (tmp_path / "speed" / "speed.json").exists()
+
+
+def test_speed_benchmark_at_another_size_and_the_cpu_line(
+    mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--image-size 32 --channels 3``: both paths train the grown model on colour images,
+    and the report names the CPU and its AVX-512/bf16/AMX flags (from /proc/cpuinfo)."""
+    report = run_speed(
+        1, str(tmp_path / "speed"), data_dir=str(tmp_path / "data"), mnist_dir=str(mnist_dir), max_train=300,
+        image_size=32, channels=3,
+    )
+    assert (report["image_size"], report["channels"], report["train_images"]) == (32, 3, 270)
+    assert report["project"]["scoring_images_per_s"] > 0 and 0 < report["tsne_points"] <= 1000
+    flags = Path("/proc/cpuinfo").read_text()
+    assert report["cpu"]["model"] in flags and report["cpu"]["bf16"] == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    out = capsys.readouterr().out
+    assert "| CPU | |" in out and "3x32x32 (MNIST scaled up), 270 training images" in out

@@ -77,16 +77,23 @@ class Explorer:
 
     # ------------------------------------------------------------------ state and what follows from it
 
+    def subsets(self) -> dict[str, str]:
+        """The subsets to browse, by key: all, normal, anomalies, then each class (``"class:K"``)."""
+        per_class = {f"class:{c}": f"only {plotting.class_name(self.class_names, c)}" for c in np.unique(self.labels)}
+        return {**SUBSETS, **per_class}
+
     def positions(self, subset: str | None = None) -> np.ndarray:
-        """Positions of the images in ``subset`` (``"all"``, ``"normal"``, ``"anomaly"``)."""
+        """Positions of the images in ``subset`` (``"all"``, ``"normal"``, ``"anomaly"``, ``"class:K"``)."""
         subset = subset or self.subset
+        if subset.startswith("class:") and subset[6:].isdigit():
+            return np.flatnonzero(self.labels == int(subset[6:]))
         if subset == "all":
             return np.arange(len(self.scores))
         if subset == "normal":
             return np.flatnonzero(~self.is_anomaly)
         if subset == "anomaly":
             return np.flatnonzero(self.is_anomaly)
-        raise ParameterError(f"subset={subset!r}: use one of {list(SUBSETS)}")
+        raise ParameterError(f"subset={subset!r}: use one of {list(self.subsets())}")
 
     def current(self) -> int:
         """The position (in the test set) of the image shown."""

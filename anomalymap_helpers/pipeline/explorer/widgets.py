@@ -75,7 +75,7 @@ class ExplorerWidgets:
         self.ex, self.gallery_size = ex, gallery_size
         self.shown: list[int] = []
         c = self.controls = {
-            "subset": w.Dropdown(options=[(v, k) for k, v in SUBSETS.items()], value=ex.subset, description="show"),
+            "subset": w.Dropdown(options=[(v, k) for k, v in ex.subsets().items()], value=ex.subset, description="show"),
             "image": w.IntSlider(0, 0, len(ex.positions()) - 1, description="image"),
             "threshold": threshold_slider(ex.scores, ex.threshold),
             "scale": w.ToggleButtons(options=list(plotting.SCALES), value=ex.scale, description="colour scale"),

@@ -32,7 +32,7 @@ from anomalymap_helpers.errors import AnomalyMapError, ParameterError
 from anomalymap_helpers.runs import storage
 from anomalymap_helpers.runs.paths import resolve
 from anomalymap_helpers.tools.speed.report import format_table
-from anomalymap_helpers.tools.speed.workers import project_worker, reference_worker
+from anomalymap_helpers.tools.speed.workers import Workload, project_worker, reference_worker
 
 DEFAULT_OUT = "results/speed"
 
@@ -136,14 +136,14 @@ def run_speed(
     from anomalymap_helpers.pipeline import data
     from anomalymap_helpers.pipeline.model import check_image_size
 
-    shape = (check_image_size(image_size), channels)
+    check_image_size(image_size)
     if channels not in (1, 3):
         raise ParameterError(f"--channels {channels}: use 1 (grayscale) or 3 (colour)")
-    if shape != (28, 1) and max_train is None:
+    if (image_size, channels) != (28, 1) and max_train is None:
         max_train = 2000
 
     data.prepare_mnist(data_dir, mnist_dir)  # once, here: two workers unpacking at once would race
-    args = (epochs, seed, str(resolve(data_dir)), mnist_dir, max_train, shape)
+    args = (epochs, seed, Workload(str(resolve(data_dir)), mnist_dir, max_train, image_size, channels))
     ref = _Worker("reference loop", reference_worker, (*args, reference_retains_memory))
     proj = _Worker("project path", project_worker, args)
     try:

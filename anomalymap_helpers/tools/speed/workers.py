@@ -24,26 +24,39 @@ import torch
 from anomalymap_helpers.tools.speed.profile import step_breakdown
 
 
-def _data(data_dir: str, mnist_dir: str | None, max_train: int | None, shape: tuple[int, int] = (28, 1)) -> dict[str, Any]:
-    """The default MNIST splits; at another ``(image_size, channels)`` the images are scaled
-    up (bilinear) and repeated to the channels, and the test set is cut to 1,000 images:
-    the content does not change the speed, the size does."""
-    import torch.nn.functional as F
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """What both paths train and score on: the default MNIST splits, at a size.
 
-    from anomalymap_helpers.pipeline import data
+    At another ``(image_size, channels)`` than ``(28, 1)`` the images are scaled up
+    (bilinear) and repeated to the channels, and the test set is cut to 1,000 images:
+    the content does not change the speed, the size does.
+    """
 
-    size, channels = shape
-    mnist = data.load_mnist(data_dir, mnist_dir)
-    config = data.SplitConfig(max_train=max_train, max_test=None if shape == (28, 1) else 1000)
-    splits = data.take(mnist, data.make_splits(mnist.train_labels, mnist.test_labels, config), config.anomaly_classes)
-    if shape == (28, 1):
-        return splits
-    return {
-        name: dataclasses.replace(
-            s, images=F.interpolate(s.images, size=(size, size), mode="bilinear").repeat(1, channels, 1, 1)
-        )
-        for name, s in splits.items()
-    }
+    data_dir: str
+    mnist_dir: str | None = None
+    max_train: int | None = None
+    image_size: int = 28
+    channels: int = 1
+
+    def splits(self) -> dict[str, Any]:
+        import torch.nn.functional as F
+
+        from anomalymap_helpers.pipeline import data
+
+        native = (self.image_size, self.channels) == (28, 1)
+        mnist = data.load_mnist(self.data_dir, self.mnist_dir)
+        config = data.SplitConfig(max_train=self.max_train, max_test=None if native else 1000)
+        splits = data.take(mnist, data.make_splits(mnist.train_labels, mnist.test_labels, config), config.anomaly_classes)
+        if native:
+            return splits
+        size = (self.image_size, self.image_size)
+        return {
+            name: dataclasses.replace(
+                s, images=F.interpolate(s.images, size=size, mode="bilinear").repeat(1, self.channels, 1, 1)
+            )
+            for name, s in splits.items()
+        }
 
 
 def _peak_rss_mb() -> float:
@@ -61,16 +74,7 @@ def _wait_for_turn(conn: Connection) -> None:
         raise SystemExit(0)
 
 
-def reference_worker(
-    conn: Connection,
-    epochs: int,
-    seed: int,
-    data_dir: str,
-    mnist_dir: str | None,
-    max_train: int | None,
-    shape: tuple[int, int] = (28, 1),
-    retain_memory: bool = True,
-) -> dict:
+def reference_worker(conn: Connection, epochs: int, seed: int, work: Workload, retain_memory: bool = True) -> dict:
     """The original design's loop: fp32, DataLoader over a TensorDataset, batch 256, Adam 1e-3.
 
     With ``retain_memory`` it runs under the same allocator setting as the project's
@@ -86,9 +90,9 @@ def reference_worker(
 
     if retain_memory:
         retain_freed_memory()
-    d = _data(data_dir, mnist_dir, max_train, shape)
+    d = work.splits()
     torch.manual_seed(seed)
-    model = ReferenceAutoencoder(ConvAutoencoder(ModelConfig(image_size=shape[0], channels=shape[1])))
+    model = ReferenceAutoencoder(ConvAutoencoder(ModelConfig(image_size=work.image_size, channels=work.channels)))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(TensorDataset(d["train"].images), batch_size=256, shuffle=True)
     criterion = torch.nn.MSELoss()
@@ -122,15 +126,7 @@ def reference_worker(
     }
 
 
-def project_worker(
-    conn: Connection,
-    epochs: int,
-    seed: int,
-    data_dir: str,
-    mnist_dir: str | None,
-    max_train: int | None,
-    shape: tuple[int, int] = (28, 1),
-) -> dict:
+def project_worker(conn: Connection, epochs: int, seed: int, work: Workload) -> dict:
     """The project's path: train.train, then the scoring and t-SNE the notebooks use."""
     from anomalymap_helpers.pipeline import data, latent, scoring, train
 
@@ -139,7 +135,7 @@ def project_worker(
         if record["epoch"] < epochs:
             _wait_for_turn(conn)
 
-    d = _data(data_dir, mnist_dir, max_train, shape)
+    d = work.splits()
     _wait_for_turn(conn)
     with contextlib.redirect_stdout(io.StringIO()):  # the parent prints both paths' epochs
         result = train.train(
