@@ -164,3 +164,20 @@ def test_runner_refuses_bad_folder_settings_before_any_work(
     assert main(args) in (1, 2)
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_masks_in_other_modes_mark_their_non_zero_pixels(category: Path) -> None:
+    """A mask may be 1-bit, RGB (a dark colour counts), or carry an alpha channel (which does not)."""
+    path = category / "ground_truth" / "blob" / "000_mask.png"
+    truth = np.asarray(Image.open(path)) > 0
+    expected = np.asarray(Image.fromarray(truth).resize((32, 32), Image.NEAREST))
+    variants = {
+        "1": Image.fromarray(truth),
+        "RGB": Image.fromarray(np.stack([np.zeros_like(truth), np.zeros_like(truth), truth], -1).astype(np.uint8)),
+        "LA": Image.fromarray(np.stack([truth * 255, np.full_like(truth, 255)], -1).astype(np.uint8), "LA"),
+    }
+    for mode, image in variants.items():
+        image.save(path)
+        images = folder.load_folder(category, 32)
+        i = images.test_names.index("test/blob/000.png")
+        assert np.array_equal(images.test_masks[i, 0].numpy(), expected), mode

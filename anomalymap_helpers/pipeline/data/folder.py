@@ -28,6 +28,7 @@ import torch
 
 from anomalymap_helpers.errors import DataError
 from anomalymap_helpers.pipeline.data.images import ImageData
+from anomalymap_helpers.runs.paths import resolve
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NORMAL = "good"
@@ -94,7 +95,7 @@ def scan(image_dir: str | os.PathLike[str]) -> Layout:
             ``test/good`` or no defect type, a defect image without its mask, or a
             mask without its image.
     """
-    root = Path(image_dir).expanduser()
+    root = resolve(image_dir)  # relative to the project, as in JupyterLab (cwd notebooks/) so under papermill
     layout_hint = "expected the MVTec AD layout: train/good/, test/good/, test/<defect type>/, optional ground_truth/"
     if not root.is_dir():
         raise DataError(
@@ -234,7 +235,11 @@ def load_folder(image_dir: str | os.PathLike[str], image_size: int) -> ImageData
                 f"mask {mask_path} is {mask.size[0]}x{mask.size[1]} pixels but its image {path} is "
                 f"{image.size[0]}x{image.size[1]}: a mask must have its image's size"
             )
-        binary = Image.fromarray((np.asarray(mask.convert("L")) > 0).astype(np.uint8) * 255)
+        # Non-zero in any colour channel is a defect; alpha and palettes do not count as colour.
+        plain = mask.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F", "RGB")
+        pixels = np.asarray(mask if plain else mask.convert("RGB"))
+        defect = pixels.any(-1) if pixels.ndim == 3 else pixels > 0
+        binary = Image.fromarray(defect.astype(np.uint8) * 255)
         masks.append(np.asarray(binary.resize((image_size, image_size), Image.NEAREST))[None] > 0)
     names = layout.class_names
     test_labels = [names.index(kind) for _, kind in layout.test]
