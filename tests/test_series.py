@@ -29,6 +29,8 @@ def test_series_writes_every_output(run_dir: Path) -> None:
         "roc_curve.png",
         "pr_curve.png",
         "metrics.json",
+        "per_type.csv",
+        "reference_latents.safetensors",
         "latent_space_tsne.png",
         "latent_embeddings.csv",
         "environment.json",
@@ -191,3 +193,41 @@ def test_nbval_reruns_the_other_data_sets(which: str, request: pytest.FixtureReq
         cwd=folder, capture_output=True, text=True, timeout=900, env=env,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_reference_latents_are_cached_per_model_and_made_again_after_retraining(
+    tmp_path: Path, mnist_dir: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """03's kNN reference latents are encoded once per model file; a retrained model (other
+    weights in model.safetensors) never gets the stale ones."""
+    import torch
+
+    from anomalymap_helpers.pipeline import data, scoring
+    from anomalymap_helpers.pipeline.model import ConvAutoencoder
+    from anomalymap_helpers.runs import checkpoint
+    from anomalymap_helpers.runs.opened import Run
+    from anomalymap_helpers.runs.paths import RunFiles
+
+    files = RunFiles(tmp_path)
+    mnist = data.load_mnist(data_dir, str(mnist_dir))
+    data.write_splits(files, mnist, data.SplitConfig(max_train=300), source={"data_dir": str(data_dir)})
+    torch.manual_seed(0)
+    checkpoint.save_model(files.model, ConvAutoencoder())
+    run = Run.open(tmp_path, data_dir=str(data_dir), device="cpu")
+    first = run.reference_latents()
+    torch.testing.assert_close(first, scoring.encode(run.model, run.splits["train"].images))
+    assert files.reference_latents.exists()
+
+    def no_encoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("encoded again although the model did not change")
+
+    with monkeypatch.context() as m:
+        m.setattr(scoring, "encode", no_encoding)
+        assert torch.equal(Run.open(tmp_path, data_dir=str(data_dir), device="cpu").reference_latents(), first)
+
+    torch.manual_seed(1)  # "retrained": other weights in the same file
+    checkpoint.save_model(files.model, ConvAutoencoder())
+    again = Run.open(tmp_path, data_dir=str(data_dir), device="cpu")
+    fresh = again.reference_latents()
+    assert not torch.allclose(fresh, first)
+    torch.testing.assert_close(fresh, scoring.encode(again.model, again.splits["train"].images))

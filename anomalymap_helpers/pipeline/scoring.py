@@ -215,7 +215,9 @@ class Scorer:
 
     Args:
         model: The trained autoencoder.
-        train_images: ``(N, C, H, W)`` normal training images: the kNN reference set.
+        train_images: ``(N, C, H, W)`` normal training images: the kNN reference set;
+            or their ``(N, latent_dim)`` latents where already encoded (e.g.
+            :meth:`~anomalymap_helpers.runs.opened.Run.reference_latents`, cached per model).
         val: Validation normals, ``(M, C, H, W)`` images or what :func:`score` made of
             them: the standardisation of the ensemble.
         k: Neighbours of ``latent-knn``.
@@ -238,7 +240,7 @@ class Scorer:
         blur: float = 0.0,
     ) -> None:
         self.model, self.k, self.topk = model, k, topk
-        self.reference = encode(model, train_images)
+        self.reference = train_images if train_images.dim() == 2 else encode(model, train_images)
         base = self._base(val if isinstance(val, Scored) else score(model, val, blur=blur))
         self.stats = {m: (float(base[m].mean()), float(base[m].std()) or 1.0) for m in ENSEMBLE}
         self.val_scores = self._with_ensemble(base)

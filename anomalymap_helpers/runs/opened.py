@@ -61,6 +61,39 @@ class Run:
         """The trained autoencoder (``model.safetensors``, written by notebook 02), in eval mode."""
         return checkpoint.load_model(self.files.require(self.files.model, "02_training"), device=self.device)
 
+    def reference_latents(self) -> torch.Tensor:
+        """The ``(N, latent_dim)`` latents of the normal training images: the kNN reference set.
+
+        Encoded once per model and kept in ``reference_latents.safetensors``, keyed by the
+        SHA-256 of ``model.safetensors`` and of the training split's indices: a retrained
+        model (or a new split) makes them again, never reuses stale ones.
+        """
+        import hashlib
+
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        from anomalymap_helpers.pipeline import scoring
+
+        model_file = self.files.require(self.files.model, "02_training")
+        train = self.splits["train"]
+        key = {
+            "model_sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
+            "train_indices_sha256": hashlib.sha256(train.indices.numpy().tobytes()).hexdigest(),
+        }
+        path = self.files.reference_latents
+        if path.exists():
+            try:
+                with safe_open(str(path), framework="pt") as fh:
+                    if fh.metadata() == key:
+                        return fh.get_tensor("latents")
+            except (OSError, ValueError, RuntimeError, KeyError):
+                pass  # unreadable: made again below
+        latents = scoring.encode(self.model, train.images)
+        with storage.atomic_path(path) as tmp:
+            save_file({"latents": latents.contiguous()}, str(tmp), metadata=key)
+        return latents
+
     @cached_property
     def evaluation(self) -> dict[str, Any]:
         """What notebook 03 wrote to ``metrics.json``: the score method, threshold and metrics."""

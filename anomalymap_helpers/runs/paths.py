@@ -58,6 +58,7 @@ class RunFiles:
     image_names = property(lambda self: self.root / "image_names.json")
     model = property(lambda self: self.root / "model.safetensors")
     model_config = property(lambda self: self.root / "model.json")
+    reference_latents = property(lambda self: self.root / "reference_latents.safetensors")
     training_state = property(lambda self: self.root / "training_state.safetensors")
     history = property(lambda self: self.root / "training_history.csv")
     loss_plot = property(lambda self: self.root / "training_loss_plot.png")
