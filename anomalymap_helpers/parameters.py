@@ -283,17 +283,13 @@ def _yaml(value: Any) -> str:
 
 def _config_checks(values: Mapping[str, Any], given: Iterable[str]) -> None:
     """Check the values that only make sense together (the split's classes, the training config)."""
-    from anomalymap_helpers.pipeline.data import SplitConfig, image_size_for
+    from anomalymap_helpers.pipeline.data import SplitConfig
+    from anomalymap_helpers.pipeline.data.sources import check_dataset
     from anomalymap_helpers.pipeline.train import TrainConfig
 
     dataset = values.get("dataset", "mnist")
     if "dataset" in values:
-        image_size_for(dataset, values.get("image_size", 0))
-        if dataset == "folder" and not values.get("image_dir"):
-            raise ParameterError(
-                'dataset="folder" needs image_dir: the category folder (train/good/, test/...); '
-                "`python -m anomalymap_helpers example-folder` makes one to try"
-            )
+        check_dataset(dataset, values.get("image_dir"), values.get("image_size", 0))
     if dataset == "folder":
         changed = [n for n in ("normal_classes", "anomaly_classes") if values.get(n, BY_NAME[n].default) != BY_NAME[n].default]
         if changed:

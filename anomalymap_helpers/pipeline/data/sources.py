@@ -35,6 +35,21 @@ def image_size_for(dataset: str, image_size: int = 0) -> int:
     return check_image_size(image_size or FOLDER_SIZE)
 
 
+def check_dataset(dataset: str, image_dir: str | None = None, image_size: int = 0) -> int:
+    """Check the data set's parameters together; return the image side (see :func:`image_size_for`).
+
+    Raises:
+        ParameterError: an unknown data set, a bad size, or a folder data set without ``image_dir``.
+    """
+    size = image_size_for(dataset, image_size)
+    if dataset == "folder" and not image_dir:
+        raise ParameterError(
+            'dataset="folder" needs image_dir: the category folder (train/good/, test/...); '
+            "`python -m anomalymap_helpers example-folder` makes one to try"
+        )
+    return size
+
+
 def load_dataset(
     dataset: str = "mnist",
     *,
@@ -58,13 +73,8 @@ def load_dataset(
         ParameterError: an unknown data set, a folder data set without ``image_dir``, or a bad size.
         DataError: the files are missing, corrupt, or not in the expected layout.
     """
-    size = image_size_for(dataset, image_size)
+    size = check_dataset(dataset, image_dir, image_size)
     if dataset == "folder":
-        if not image_dir:
-            raise ParameterError(
-                'dataset="folder" needs image_dir: the category folder (train/good/, test/...); '
-                "`python -m anomalymap_helpers example-folder` makes one to try"
-            )
         return folder.load_folder(image_dir, size)
     spec = idx.SPECS[dataset]
     return idx.load(spec, data_dir, mnist_dir if spec is idx.MNIST else fashion_dir)
