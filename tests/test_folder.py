@@ -181,3 +181,18 @@ def test_masks_in_other_modes_mark_their_non_zero_pixels(category: Path) -> None
         images = folder.load_folder(category, 32)
         i = images.test_names.index("test/blob/000.png")
         assert np.array_equal(images.test_masks[i, 0].numpy(), expected), mode
+
+
+def test_16_bit_images_keep_their_brightness(category: Path) -> None:
+    """A 16-bit grayscale PNG is scaled by the format's range (65535 -> 255), not by its own
+    maximum, so a dim image stays dim."""
+    for path in category.glob("t*/*/*.*"):
+        Image.open(path).convert("L").save(path)
+    path = category / "train" / "good" / "000.png"
+    eight = np.asarray(Image.open(path), dtype=np.uint16)
+    dim = eight // 2
+    Image.fromarray((dim * 257).astype(np.uint16)).save(path)  # 16-bit, half as bright
+    assert Image.open(path).mode.startswith("I")
+    images = folder.load_folder(category, 32)
+    expected = np.asarray(Image.fromarray(dim.astype(np.uint8)).resize((32, 32), Image.BILINEAR))
+    assert np.abs(images.train_images[0, 0].numpy().astype(int) - expected).max() <= 1

@@ -18,8 +18,10 @@ Every check runs before any image is used, and each failure names the file or fo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,38 +163,47 @@ def _pair_masks(root: Path, test: list[tuple[Path, str]], types: list[str], skip
     return masks
 
 
-def _open(path: Path):  # noqa: ANN202 - a PIL image
-    from PIL import Image, UnidentifiedImageError
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn Pillow's errors on ``path`` into a DataError that names the file."""
+    from PIL import UnidentifiedImageError
 
     try:
-        image = Image.open(path)
-        image.load()  # decode now: a truncated file fails here, not later
+        yield
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc}. Replace or remove the file") from None
+
+
+def _open(path: Path):  # noqa: ANN202 - a PIL image
+    from PIL import Image
+
+    with _reading(path):
+        image = Image.open(path)
+        image.load()  # decode now: a truncated file fails here, not later
     return image
 
 
 def _channels(paths: list[Path]) -> int:
-    """1 if every image is grayscale, else 3."""
-    from PIL import Image, UnidentifiedImageError
+    """1 if every image is grayscale, else 3 (from the files' headers)."""
+    from PIL import Image
 
     for path in paths:
-        try:
-            with Image.open(path) as image:
-                if image.mode not in GRAY_MODES:
-                    return 3
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}. Replace or remove the file") from None
+        with _reading(path), Image.open(path) as image:
+            if image.mode not in GRAY_MODES:
+                return 3
     return 1
 
 
 def _pixels(image, size: int, channels: int, digest) -> np.ndarray:  # noqa: ANN001
     from PIL import Image
 
-    if image.mode.startswith("I") or image.mode == "F":  # 16-bit or float grayscale: scale to 8 bits
+    if image.mode.startswith("I") or image.mode == "F":
+        # 16-bit (or float) grayscale to 8 bits by the format's range, the same for every
+        # image: 0-65535 where values exceed 255, 0-1 for floats up to 1, else as they are.
         a = np.asarray(image, dtype=np.float64)
-        top = a.max() or 1.0
-        image = Image.fromarray((a / top * 255).round().astype(np.uint8))
+        top = a.max(initial=0.0)
+        scale = 255 / 65535 if top > 255 else 255.0 if image.mode == "F" and top <= 1 else 1.0
+        image = Image.fromarray((a * scale).clip(0, 255).round().astype(np.uint8))
     image = image.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
     a = np.asarray(image, dtype=np.uint8)
     digest.update(a.tobytes())
