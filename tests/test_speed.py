@@ -60,4 +60,4 @@ def test_speed_benchmark_at_another_size_and_the_cpu_line(
     flags = Path("/proc/cpuinfo").read_text()
     assert report["cpu"]["model"] in flags and report["cpu"]["bf16"] == ("avx512_bf16" in flags or "amx_bf16" in flags)
     out = capsys.readouterr().out
-    assert "| CPU | |" in out and "3x32x32 (MNIST scaled up), 270 training images" in out
+    assert "| CPU |  | " in out and "3x32x32 (MNIST scaled up), 270 training images" in out
