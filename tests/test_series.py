@@ -231,3 +231,16 @@ def test_reference_latents_are_cached_per_model_and_made_again_after_retraining(
     fresh = again.reference_latents()
     assert not torch.allclose(fresh, first)
     torch.testing.assert_close(fresh, scoring.encode(again.model, again.splits["train"].images))
+
+
+def test_an_mnist_run_in_a_folder_once_used_for_a_folder_data_set_ignores_its_file_names(
+    run_dir: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from anomalymap_helpers.runs.opened import Run
+
+    reused = Path(shutil.copytree(run_dir, tmp_path / "reused"))
+    (reused / "image_names.json").write_text(json.dumps(["test/good/stale.png"] * SMALL["max_test"]))
+    explorer = Run.open(reused, data_dir=str(data_dir), device="cpu").explorer()
+    assert explorer.caption(0).startswith("test image #")

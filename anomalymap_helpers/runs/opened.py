@@ -136,7 +136,8 @@ class Run:
 
         test = self.splits["test"]
         blur = float(self.evaluation.get("map_blur", 0.0))
-        names = storage.read_json(self.files.image_names) if self.files.image_names.exists() else None
+        folder = self.dataset == "folder"  # a run folder reused for MNIST may still hold a folder run's names
+        names = storage.read_json(self.files.image_names) if folder and self.files.image_names.exists() else None
         return Explorer(
             scoring.score(self.model, test.images, blur=blur),  # reconstructions and maps, computed once
             test.labels,
