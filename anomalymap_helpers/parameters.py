@@ -29,9 +29,9 @@ def _positive_int(name: str, value: int, low: int = 1) -> None:
         raise ParameterError(f"{name}={value!r}: use a whole number of at least {low}")
 
 
-def _at_least(name: str, value: float, low: float) -> None:
-    if value < low or (low < value < 0):
-        raise ParameterError(f"{name}={value!r}: use {low:g} (automatic), 0 (none) or a number above 0")
+def _auto_or_not_negative(name: str, value: float) -> None:
+    if value < 0 and value != -1:
+        raise ParameterError(f"{name}={value!r}: use -1 (automatic), 0 (none) or a number above 0")
 
 
 def _positive(name: str, value: float) -> None:
@@ -225,7 +225,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     Parameter(
         "map_blur", float, -1.0, "Gaussian blur (sigma, pixels) of the anomaly maps; -1: 0 for MNIST/Fashion, size/32 for folders",
-        ("03",), "-1 (by data set), 0 (none) or above", lambda n, v: _at_least(n, v, -1.0),
+        ("03",), "-1 (by data set), 0 (none) or above", _auto_or_not_negative,
     ),
     Parameter(
         "threshold_percentile", float, 99.0, "percentile of validation normals' scores used as the threshold",
