@@ -216,6 +216,10 @@ PARAMETERS: tuple[Parameter, ...] = (
         ("02",), "`True` or `False`",
     ),
     Parameter(
+        "nproc", int, 1, "training processes (torchrun, DistributedDataParallel): CPU cores or GPUs to use",
+        ("02",), "1 to the CPU cores (CPU) or GPUs (CUDA) this machine has", _positive_int,
+    ),
+    Parameter(
         "resume", bool, False, "continue from the last completed epoch's checkpoint",
         ("02",), "`True` or `False`; the other training settings must match the checkpoint's",
     ),
@@ -298,6 +302,10 @@ def _config_checks(values: Mapping[str, Any], given: Iterable[str]) -> None:
                 f"an anomaly): leave {' and '.join(changed)} unset"
             )
         values = {**values, "normal_classes": [0], "anomaly_classes": [1]}
+    if values.get("nproc", 1) != 1:
+        from anomalymap_helpers.pipeline.distributed import check_nproc
+
+        check_nproc(values["nproc"], values.get("device", "auto"))
     values = {**values, "epochs": values.get("epochs") or 5, "batch_size": values.get("batch_size") or 256}
     for config in (SplitConfig, TrainConfig):
         names = [f.name for f in fields(config)]

@@ -66,6 +66,7 @@ def test_every_parameter_has_a_notebook_and_a_valid_default() -> None:
         ("device", "tpu", "device='tpu' is not known"),
         ("dataset", "cifar", "dataset='cifar': use one of ['mnist', 'fashion-mnist', 'folder']"),
         ("map_blur", -0.5, "map_blur=-0.5: use -1 (automatic), 0 (none) or a number above 0"),
+        ("nproc", 4096, "nproc=4096: this machine has"),
     ],
 )
 def test_bad_value_refused_before_any_work(

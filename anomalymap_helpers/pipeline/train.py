@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from anomalymap_helpers.errors import ParameterError, TrainingError
+from anomalymap_helpers.pipeline import distributed
 from anomalymap_helpers.pipeline.device import Precision, resolve_device, resolve_precision, retain_freed_memory
 from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
 from anomalymap_helpers.pipeline.progress import Clock, headless, progress_bar
@@ -160,17 +161,35 @@ def new_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
 
 
 def training_step(
-    model: ConvAutoencoder,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     batch: torch.Tensor,
     precision: Precision,
+    global_batch: int | None = None,
+    counts: bool = True,
 ) -> float:
-    """One optimizer step on ``batch``; return its loss. A non-finite loss takes no step."""
+    """One optimizer step on ``batch``; return its loss. A non-finite loss takes no step.
+
+    Under DistributedDataParallel ``batch`` is this process's share of a global batch of
+    ``global_batch`` images: the loss is scaled so that DDP's average of the gradients over
+    the processes is the gradient of the mean over the whole global batch (shares of
+    unequal size included), and the value returned is the global batch's mean loss.
+    ``counts=False`` marks a stand-in share (a final batch smaller than the number of
+    processes leaves some without an image): it takes part in the gradient exchange
+    with a weight of 0.
+    """
     with precision.autocast():
         out = model(batch)
-    loss = F.mse_loss(out.float(), batch)
-    value = loss.item()
+    size = distributed.world().size
+    if size == 1:
+        loss = F.mse_loss(out.float(), batch)
+        value = loss.item()
+    else:
+        squared = F.mse_loss(out.float(), batch, reduction="sum") * (1.0 if counts else 0.0)
+        elements = (global_batch or len(batch)) * batch[0].numel()
+        loss = squared * (size / elements)
+        value = distributed.all_sum(squared).item() / elements
     if math.isfinite(value):
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -181,15 +200,20 @@ def training_step(
 
 @torch.inference_mode()
 def mean_loss(model: ConvAutoencoder, images: torch.Tensor, precision: Precision, batch_size: int = 512) -> float:
-    """Mean squared reconstruction error over ``images`` ``(N, C, H, W)`` on the model's device."""
+    """Mean squared reconstruction error over ``images`` ``(N, C, H, W)`` on the model's device.
+
+    With several training processes each scores its share and the sums are added up.
+    """
     model.eval()
+    w = distributed.world()
+    mine = images[w.rank :: w.size]
     total = torch.zeros((), dtype=torch.float64, device=images.device)
-    for i in range(0, len(images), batch_size):
-        batch = images[i : i + batch_size]
+    for i in range(0, len(mine), batch_size):
+        batch = mine[i : i + batch_size]
         with precision.autocast():
             out = model(batch)
         total += F.mse_loss(out.float(), batch, reduction="sum").double()
-    return float(total) / images[0].numel() / max(1, len(images))
+    return float(distributed.all_sum(total)) / images[0].numel() / max(1, len(images))
 
 
 # Settings that must match a checkpoint to resume from it (epochs may grow; the device may change).
@@ -273,7 +297,10 @@ def train(
     for name, images in (("train_images", train_images), ("val_images", val_images)):
         if images.ndim != 4 or len(images) == 0 or not images.is_floating_point():
             raise ParameterError(f"{name} must be a non-empty float tensor (N, C, H, W); got {tuple(images.shape)}")
+    w = distributed.world()
     device = resolve_device(config.device)
+    if w.size > 1 and device.type == "cuda":
+        device = torch.device("cuda", w.local_rank)  # one GPU per process
     precision = resolve_precision(device, config.amp, warn=False)  # said in the first line printed
     if device.type == "cpu":
         retain_freed_memory()
@@ -281,6 +308,11 @@ def train(
     _, channels, size, _ = train_images.shape
     model = ConvAutoencoder(ModelConfig(config.latent_dim, size, channels))
     model = model.to(device, memory_format=torch.channels_last)
+    net: torch.nn.Module = model
+    if w.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = new_optimizer(model, config.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.use_grad_scaler)
     if device.type == "cuda":
@@ -290,12 +322,20 @@ def train(
     data_sha256 = fingerprint(train_images)
     if resume and files is not None and check_resume(files, config, data_sha256):
         start, history, _ = checkpoint.load_training_state(files.training_state, model, optimizer)
-        print(f"resuming after epoch {start} from {files.training_state}")
+        if w.main:
+            print(f"resuming after epoch {start} from {files.training_state}")
     x_train, x_val = to_device(train_images, device), to_device(val_images, device)
     n, bs = len(x_train), config.batch_size
     steps = math.ceil(n / bs)
     why = " (amp=True, but this CPU has no native bf16)" if config.amp and precision.name == "fp32" else ""
-    print(f"training on {device} in {precision.name}{why}, channels_last, {n:,} images, batch {bs}, {config.epochs} epochs")
+    where = str(device)
+    if w.size > 1:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        where = f"{w.size} processes ({backend}, DistributedDataParallel, {math.ceil(min(bs, n) / w.size)} images each per step) on {device.type}"
+    if w.main:
+        print(f"training on {where} in {precision.name}{why}, channels_last, {n:,} images, batch {bs}, {config.epochs} epochs")
+    writes = files is not None and w.main  # only rank 0 writes the run's files
+    progress = progress and w.main
 
     plain = headless()  # a log, not a live front end: plain lines instead of bars
     epoch_bar = progress_bar(config.epochs, "epochs", disable=not progress or plain)
@@ -313,17 +353,19 @@ def train(
                 total = 0.0
                 step_bar = progress_bar(steps, f"epoch {epoch + 1}", leave=False, disable=not progress or plain)
                 for step in range(steps):
-                    batch = x_train[perm[step * bs : (step + 1) * bs]]
-                    value = training_step(model, optimizer, scaler, batch, precision)
+                    chosen = perm[step * bs : (step + 1) * bs]
+                    share = chosen[w.rank :: w.size]  # this process's share of the global batch
+                    batch = x_train[share if len(share) else chosen[:1]]
+                    value = training_step(net, optimizer, scaler, batch, precision, len(chosen), len(share) > 0)
                     if not math.isfinite(value):
                         raise TrainingError(
                             f"the training loss became {value} at epoch {epoch + 1}, step {step + 1}: "
                             f"try a lower lr than {config.lr}"
                             + (f"; the checkpoint of epoch {saved} is kept in {files.root}" if files and saved else "")
                         )
-                    total += value * len(batch)
+                    total += value * len(chosen)
                     step_bar.update()
-                    if clock.tick(len(batch)):
+                    if clock.tick(len(chosen)):
                         print(
                             f"epoch {epoch + 1}/{config.epochs}  step {step + 1}/{steps}  "
                             f"loss {total / min(n, (step + 1) * bs):.5f}  {clock.rate():,.0f} images/s  {clock.left()}",
@@ -340,7 +382,10 @@ def train(
                     "images_per_s": n / seconds,
                 }
                 history.append(record)
-                if files is not None:
+                if w.size > 1:
+                    record["processes"] = w.size
+                if writes:
+                    assert files is not None
                     extra = {"train_images_sha256": data_sha256, "resumed_after_epoch": start or None}
                     with interrupts.held():
                         save_checkpoint(files, model, optimizer, history, config, precision, device, extra)
@@ -348,10 +393,12 @@ def train(
                 epoch_bar.set_postfix(train=f"{record['train_loss']:.5f}", val=f"{val_loss:.5f}")
                 epoch_bar.update()
                 left = f"  {clock.left()}" if epoch + 1 < config.epochs else ""
-                epoch_bar.write(
-                    f"epoch {epoch + 1}/{config.epochs}  train loss {record['train_loss']:.5f}  "
-                    f"val loss {val_loss:.5f}  {record['images_per_s']:,.0f} images/s{left}"
-                )
+                each = f" ({record['images_per_s'] / w.size:,.0f} per process)" if w.size > 1 else ""
+                if w.main:
+                    epoch_bar.write(
+                        f"epoch {epoch + 1}/{config.epochs}  train loss {record['train_loss']:.5f}  "
+                        f"val loss {val_loss:.5f}  {record['images_per_s']:,.0f} images/s{each}{left}"
+                    )
                 clock.last = time.perf_counter()  # the next progress line comes a full interval after this one
                 if on_epoch is not None:
                     on_epoch(record)
@@ -363,7 +410,8 @@ def train(
             if files and saved
             else ""
         )
-        print(f"training interrupted after {len(history)} complete epoch(s){where}", file=sys.stderr)
+        if w.main:
+            print(f"training interrupted after {len(history)} complete epoch(s){where}", file=sys.stderr)
         raise
     finally:
         epoch_bar.close()

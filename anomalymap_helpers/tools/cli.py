@@ -1,4 +1,4 @@
-"""The command line: ``python -m anomalymap_helpers run|params|example-folder|benchmark|speed|explorer-latency ...``."""
+"""The command line: ``python -m anomalymap_helpers run|train|export|params|example-folder|benchmark|speed|explorer-latency ...``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,23 @@ def _run(args: argparse.Namespace) -> int:
     from anomalymap_helpers.tools.runner import read_parameters, run_series
 
     run_series(read_parameters(args.file or [], args.param or []), args.results)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from anomalymap_helpers.tools.runner import read_parameters
+    from anomalymap_helpers.tools.training import train_run
+
+    train_run(read_parameters(args.file or [], args.param or []), args.results)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from anomalymap_helpers.tools.export import export
+
+    out = export(args.results, args.out, input_type=args.input, mnist_dir=args.mnist_dir)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): images in, anomaly map and score out; "
+          "threshold and names in its metadata")
     return 0
 
 
@@ -89,6 +106,25 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-f", "--file", action="append", metavar="PARAMS.yaml", help="a YAML file of parameters")
     run.add_argument("--results", metavar="DIR", help="the run folder (default results/default)")
     run.set_defaults(func=_run)
+    tr = sub.add_parser(
+        "train",
+        help="notebook 02's training step; under `torchrun --nproc-per-node N` in N processes (DDP)",
+    )
+    tr.add_argument(
+        "-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), help="a parameter of notebook 02"
+    )
+    tr.add_argument("-f", "--file", action="append", metavar="PARAMS.yaml", help="a YAML file of parameters")
+    tr.add_argument("--results", metavar="DIR", help="the run folder made by notebook 01 (default results/default)")
+    tr.set_defaults(func=_train)
+    exp = sub.add_parser("export", help="the run's detector as one ONNX file (map and score; threshold in its metadata)")
+    exp.add_argument("--results", default="results/default", metavar="DIR", help="a run folder made by notebooks 01-03")
+    exp.add_argument("--out", default=None, metavar="FILE.onnx", help="default <results>/detector.onnx")
+    exp.add_argument(
+        "--input", choices=["uint8", "float"], default="uint8",
+        help="what the model takes: uint8 0-255 (default, as a PNG decodes) or float 0-1",
+    )
+    exp.add_argument("--mnist-dir", default=None)
+    exp.set_defaults(func=_export)
     params = sub.add_parser("params", help="print every notebook parameter as a markdown table")
     params.set_defaults(func=_params)
     example = sub.add_parser(

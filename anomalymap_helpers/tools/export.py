@@ -1,0 +1,223 @@
+"""The trained detector as one ONNX file: images in, anomaly map and score out.
+
+``python -m anomalymap_helpers export --results DIR [--out FILE.onnx] [--input uint8|float]``
+writes a model that takes a batch of images as a user has them, ``N x C x H x W`` at
+the run's size: ``uint8`` 0-255 (the default: what a PNG decodes to) or ``float``
+0-1; the scaling to [0, 1] is part of the graph. It returns
+
+- ``map``: ``N x 1 x H x W``, the anomaly map of notebook 03 (``|x - x̂|`` averaged
+  over channels, blurred by the run's ``map_blur``);
+- ``score``: ``N``, the image score of the run's score method. For ``latent-knn`` and
+  ``ensemble`` the reference set (the normal training images' unit-length latents,
+  and the ensemble's validation mean and spread) is a constant inside the graph, so
+  the one file is all a user needs.
+
+Its metadata (``session.get_modelmeta().custom_metadata_map`` in onnxruntime) holds
+the threshold of notebook 03, the score method, the image size and channels, the input
+type, the class and defect-type names and the package versions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomalymap_helpers.errors import MissingInputError, ParameterError
+from anomalymap_helpers.pipeline import scoring
+from anomalymap_helpers.pipeline.model import ConvAutoencoder, ReferenceAutoencoder
+from anomalymap_helpers.runs import storage
+
+INPUTS = ("uint8", "float")
+OPSET = 18
+
+
+class Detector(nn.Module):
+    """Images to ``(map, score)``: the autoencoder, the map and one score method, in plain layers.
+
+    Args:
+        model: The trained autoencoder (its weights are copied).
+        method: One of :data:`~anomalymap_helpers.pipeline.scoring.METHODS`.
+        blur: The maps' Gaussian sigma in pixels.
+        reference: ``(N, latent_dim)`` latents of the normal training images (kNN methods).
+        stats: The ensemble's ``{method: (mean, std)}`` on validation normals.
+        k: Neighbours of ``latent-knn``; topk: pixels of ``topk``.
+        uint8: Whether the input is 0-255 (else float 0-1).
+    """
+
+    def __init__(
+        self,
+        model: ConvAutoencoder,
+        method: str,
+        blur: float,
+        reference: torch.Tensor | None = None,
+        stats: dict[str, tuple[float, float]] | None = None,
+        *,
+        k: int = 2,
+        topk: int = 10,
+        uint8: bool = True,
+    ) -> None:
+        super().__init__()
+        copy = ConvAutoencoder(model.config)
+        copy.load_state_dict(model.state_dict())
+        self.net = ReferenceAutoencoder(copy.cpu().float()).eval()
+        self.method, self.blur, self.k, self.topk, self.uint8 = method, float(blur), k, topk, uint8
+        self.stats = dict(stats or {})
+        needs_reference = method in ("latent-knn", "ensemble")
+        if needs_reference and reference is None:
+            raise ValueError(f"score method {method!r} needs the reference latents")
+        unit = F.normalize(reference.float(), dim=1) if needs_reference else torch.zeros(0)
+        self.register_buffer("reference", unit)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images.to(torch.float32)
+        if self.uint8:
+            x = x / 255.0
+        z = self.net.encoder(x)
+        g = self.net._grid
+        recon = self.net.decoder(self.net.up(self.net.decoder_fc(z).view(-1, 64, g, g)))
+        maps = scoring.anomaly_maps(x, recon, self.blur)
+        return maps, self._score(self.method, x, recon, maps, z)
+
+    def _knn(self, z: torch.Tensor) -> torch.Tensor:
+        sim = F.normalize(z, dim=1) @ self.reference.T
+        return 1 - sim.topk(min(self.k, self.reference.shape[0]), dim=1).values.mean(1)
+
+    def _score(self, method: str, x: torch.Tensor, recon: torch.Tensor, maps: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if method == "mse":
+            return scoring.mse_scores(x, recon)
+        if method == "topk":
+            return scoring.topk_scores(maps, self.topk)
+        if method == "ssim":
+            return scoring.ssim_scores(x, recon)
+        if method == "latent-knn":
+            return self._knn(z)
+        parts = [(self._score(m, x, recon, maps, z) - mu) / sd for m, (mu, sd) in self.stats.items()]
+        return torch.stack(parts).mean(0)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("anomalymap", "torch", "onnx", "onnxruntime"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def detector_for(run: Any, *, uint8: bool = True) -> tuple[Detector, dict[str, str]]:
+    """The :class:`Detector` of an opened run (``Run``) and the metadata that goes with it.
+
+    Raises:
+        MissingInputError: notebook 02 or 03 has not run in the run folder.
+    """
+    evaluation = run.evaluation  # 03's metrics.json: threshold, score, map_blur
+    model = run.model.cpu()
+    method = evaluation.get("score", "mse")
+    blur = float(evaluation.get("map_blur", 0.0))
+    reference = stats = None
+    if method in ("latent-knn", "ensemble"):
+        reference = run.reference_latents().cpu()
+    if method == "ensemble":
+        scorer = scoring.Scorer(model, reference, run.splits["val"].images, blur=blur)
+        stats = scorer.stats
+    detector = Detector(model, method, blur, reference, stats, uint8=uint8).eval()
+    test = run.splits["test"]
+    _, channels, size, _ = test.images.shape
+    meta = {
+        "threshold": repr(float(evaluation["threshold"])),
+        "threshold_rule": f"percentile {evaluation.get('threshold_percentile', '')} of validation normals' scores".strip(),
+        "score_method": method,
+        "map_blur": repr(blur),
+        "image_size": str(size),
+        "channels": str(channels),
+        "input": "uint8 0-255" if uint8 else "float32 0-1",
+        "input_layout": "N x C x H x W",
+        "outputs": "map: N x 1 x H x W anomaly map (|x - reconstruction|, channel mean, blurred); "
+        "score: N image scores, anomaly where score > threshold",
+        "dataset": run.dataset,
+        "class_names": json.dumps(list(test.class_names)),
+        "normal_classes": json.dumps(list(run.manifest.get("normal_classes", []))),
+        "anomaly_classes": json.dumps(list(run.manifest.get("anomaly_classes", []))),
+        "reference_set": f"{len(reference)} normal training latents, inside the graph" if reference is not None else "none",
+        "versions": json.dumps(_versions()),
+    }
+    return detector, meta
+
+
+def export(
+    results_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    input_type: str = "uint8",
+    mnist_dir: str | None = None,
+) -> Path:
+    """Export a run's detector to ONNX; return the file (default ``<results>/detector.onnx``).
+
+    The file is written atomically: an existing one is replaced only by a complete export.
+
+    Raises:
+        ParameterError: an unknown ``input_type``.
+        MissingInputError: no model (notebook 02) or no evaluation (notebook 03) in the run folder.
+    """
+    if input_type not in INPUTS:
+        raise ParameterError(f"--input {input_type!r}: use one of {list(INPUTS)}")
+    from anomalymap_helpers.runs.opened import Run
+    from anomalymap_helpers.runs.paths import RunFiles
+
+    files = RunFiles.at(results_dir)
+    if not files.root.is_dir():
+        raise MissingInputError(f"no run folder at {files.root}: run the notebooks first (python -m anomalymap_helpers run)")
+    files.require(files.model, "02_training")
+    files.require(files.metrics, "03_evaluation")
+    try:
+        import onnx  # noqa: F401  (the exporter needs it; say so before the work)
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise MissingInputError(f"export needs onnx and onnxscript ({exc}): pip install onnx onnxscript") from None
+    run = Run.open(files.root, mnist_dir=mnist_dir, device="cpu")
+    detector, meta = detector_for(run, uint8=input_type == "uint8")
+    target = Path(out) if out is not None else files.root / "detector.onnx"
+    _, channels, size, _ = run.splits["test"].images.shape
+    example = torch.zeros(2, channels, size, size, dtype=torch.uint8 if detector.uint8 else torch.float32)
+    write_onnx(detector, example, meta, target)
+    return target
+
+
+def write_onnx(detector: Detector, example: torch.Tensor, meta: dict[str, str], target: Path) -> Path:
+    """Export ``detector`` (batch size free, other sizes as ``example``) with ``meta`` to ``target``, atomically."""
+    import onnx
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        batch = torch.export.Dim("batch", min=1)
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(
+                detector,
+                (example,),
+                raw,
+                input_names=["images"],
+                output_names=["map", "score"],
+                dynamic_shapes={"images": {0: batch}},
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+        model = onnx.load(raw)
+        del model.metadata_props[:]
+        for key, value in meta.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(model)
+        storage.write_bytes(target, model.SerializeToString())
+    return target
