@@ -23,6 +23,8 @@ def test_speed_benchmark_writes_the_report(mnist_dir: Path, tmp_path: Path, caps
         "reference_roc_auc",
         "project_roc_auc",
         "scoring_images_per_s",
+        "default_score_images_per_s",
+        "onnxruntime_images_per_s",
     ):
         assert saved[key] == pytest.approx(report[key]) and saved[key] > 0
     assert saved["speedup"] == pytest.approx(
@@ -38,6 +40,9 @@ def test_speed_benchmark_writes_the_report(mnist_dir: Path, tmp_path: Path, caps
     out = capsys.readouterr().out
     assert "epoch 2/2: reference" in out and "| speed-up (ratio of the medians) | 1.00x |" in out
     assert "| bound if all but convs + matrix products were free |" in out
+    assert saved["device"] == "cpu" or saved["device"].startswith("cuda")  # both loops on one device
+    assert f"| precision | fp32 on {saved['device']} |" in out
+    assert "| the same, exported to ONNX, in onnxruntime (CPU) |  | " in out and "not measured" not in out
 
 
 def test_speed_benchmark_reports_missing_data_clearly(tmp_path: Path) -> None:

@@ -150,9 +150,19 @@ class Scored:
     latents: torch.Tensor
 
 
-def score(model: ConvAutoencoder, images: torch.Tensor, *, batch_size: int = 512, blur: float = 0.0) -> Scored:
-    """Reconstruct and score ``images`` ``(N, C, H, W)``; ``blur`` is the maps' Gaussian sigma in pixels."""
-    recon, latents = infer(model, images, batch_size=batch_size)
+def score(
+    model: ConvAutoencoder,
+    images: torch.Tensor,
+    *,
+    batch_size: int = 512,
+    blur: float = 0.0,
+    precision: Precision | None = None,
+) -> Scored:
+    """Reconstruct and score ``images`` ``(N, C, H, W)``; ``blur`` is the maps' Gaussian sigma in pixels.
+
+    ``precision`` as in :func:`infer` (default: mixed where the device has it natively).
+    """
+    recon, latents = infer(model, images, batch_size=batch_size, precision=precision)
     return Scored(images, recon, anomaly_maps(images, recon, blur), mse_scores(images, recon), latents)
 
 

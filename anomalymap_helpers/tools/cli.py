@@ -60,6 +60,7 @@ def _speed(args: argparse.Namespace) -> int:
         reference_retains_memory=not args.reference_glibc_defaults,
         image_size=args.image_size,
         channels=args.channels,
+        device=args.device,
     )
     return 0
 
@@ -143,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--max-train", type=int, default=None, help="cap on normal training images, for a quick run")
     speed.add_argument("--image-size", type=int, default=28, help="image side (MNIST scaled up; default 28)")
     speed.add_argument("--channels", type=int, default=1, choices=(1, 3), help="1 grayscale or 3 colour")
+    speed.add_argument(
+        "--device", default="auto", help="where both loops train and score: auto (CUDA if any), cpu, cuda, cuda:N"
+    )
     speed.add_argument(
         "--reference-glibc-defaults",
         action="store_true",

@@ -145,8 +145,8 @@ def detector_for(run: Any, *, uint8: bool = True) -> tuple[Detector, dict[str, s
         "score: N image scores, anomaly where score > threshold",
         "dataset": run.dataset,
         "class_names": json.dumps(list(test.class_names)),
-        "normal_classes": json.dumps(list(run.manifest.get("normal_classes", []))),
-        "anomaly_classes": json.dumps(list(run.manifest.get("anomaly_classes", []))),
+        "normal_classes": json.dumps(list(run.manifest["config"]["normal_classes"])),
+        "anomaly_classes": json.dumps(list(run.manifest["config"]["anomaly_classes"])),
         "reference_set": f"{len(reference)} normal training latents, inside the graph" if reference is not None else "none",
         "versions": json.dumps(_versions()),
     }

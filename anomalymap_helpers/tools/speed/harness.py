@@ -120,6 +120,7 @@ def run_speed(
     reference_retains_memory: bool = True,
     image_size: int = 28,
     channels: int = 1,
+    device: str = "auto",
 ) -> dict:
     """Run both paths an epoch at a time, in turn, print the table, write ``speed.json``.
 
@@ -132,9 +133,15 @@ def run_speed(
     At another ``image_size`` or ``channels`` both paths train on MNIST scaled up to
     that size and repeated to the channels (the model grows with the size), on 2,000
     training images unless ``max_train`` says otherwise, and score 1,000 test images.
+
+    ``device`` (``"auto"``: CUDA where there is one) is where *both* paths train and
+    score, so the ratio compares loops on the same hardware.
     """
     from anomalymap_helpers.pipeline import data
+    from anomalymap_helpers.pipeline.device import resolve_device
     from anomalymap_helpers.pipeline.model import check_image_size
+
+    target = str(resolve_device(device))
 
     check_image_size(image_size)
     if channels not in (1, 3):
@@ -143,7 +150,7 @@ def run_speed(
         max_train = 2000
 
     data.prepare_mnist(data_dir, mnist_dir)  # once, here: two workers unpacking at once would race
-    args = (epochs, seed, Workload(str(resolve(data_dir)), mnist_dir, max_train, image_size, channels))
+    args = (epochs, seed, Workload(str(resolve(data_dir)), mnist_dir, max_train, image_size, channels, target))
     ref = _Worker("reference loop", reference_worker, (*args, reference_retains_memory))
     proj = _Worker("project path", project_worker, args)
     try:
@@ -184,7 +191,10 @@ def run_speed(
         "project_val_loss": proj_result["val_loss"],
         "reference_peak_rss_mb": ref_result["peak_rss_mb"],
         "project_peak_rss_mb": proj_result["peak_rss_mb"],
+        "device": target,
         "scoring_images_per_s": proj_result["scoring_images_per_s"],
+        "default_score_images_per_s": proj_result["default_score_images_per_s"],
+        "onnxruntime_images_per_s": proj_result["onnxruntime_images_per_s"],
         "tsne_seconds": proj_result["tsne_seconds"],
         "tsne_points": proj_result["tsne_points"],
         "project_precision": proj_result["precision"],

@@ -17,7 +17,7 @@ def format_table(r: dict) -> str:
             "",
             " ".join(f"{x:.2f}x" for x in r["epoch_speedups"]),
         ),
-        ("precision", "fp32", f"{r['project_precision']} on {r['project_device']}"),
+        ("precision", f"fp32 on {r.get('device', 'cpu')}", f"{r['project_precision']} on {r['project_device']}"),
         (
             "freed memory kept for reuse (glibc)",
             "yes" if r["reference_retains_freed_memory"] else "no (glibc defaults)",
@@ -30,7 +30,17 @@ def format_table(r: dict) -> str:
             f"{r['project_val_loss']:.5f}",
         ),
         ("digit-9 ROC-AUC (per-image MSE)", f"{r['reference_roc_auc']:.3f}", f"{r['project_roc_auc']:.3f}"),
-        ("scoring images/s (03/04 path)", "", f"{r['scoring_images_per_s']:,.0f}"),
+        ("scoring images/s: reconstructions and maps (03/04 path)", "", f"{r['scoring_images_per_s']:,.0f}"),
+        (
+            "scoring images/s: the default score's whole path (+ latents, kNN)",
+            "",
+            f"{r['default_score_images_per_s']:,.0f}" if "default_score_images_per_s" in r else "not measured",
+        ),
+        (
+            "the same, exported to ONNX, in onnxruntime (CPU)",
+            "",
+            f"{r['onnxruntime_images_per_s']:,.0f}" if r.get("onnxruntime_images_per_s") else "not measured",
+        ),
         (f"t-SNE of {r['tsne_points']:,} latents, s", "", f"{r['tsne_seconds']:.1f}"),
     ]
     step = r.get("step_breakdown")

@@ -38,6 +38,7 @@ class Workload:
     max_train: int | None = None
     image_size: int = 28
     channels: int = 1
+    device: str = "cpu"  # both paths train and score here (resolved by the harness)
 
     def splits(self) -> dict[str, Any]:
         import torch.nn.functional as F
@@ -92,7 +93,9 @@ def reference_worker(conn: Connection, epochs: int, seed: int, work: Workload, r
         retain_freed_memory()
     d = work.splits()
     torch.manual_seed(seed)
+    device = torch.device(work.device)
     model = ReferenceAutoencoder(ConvAutoencoder(ModelConfig(image_size=work.image_size, channels=work.channels)))
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(TensorDataset(d["train"].images), batch_size=256, shuffle=True)
     criterion = torch.nn.MSELoss()
@@ -102,6 +105,7 @@ def reference_worker(conn: Connection, epochs: int, seed: int, work: Workload, r
         model.train()
         t0 = time.perf_counter()
         for (batch,) in loader:
+            batch = batch.to(device)
             optimizer.zero_grad()
             loss = criterion(model(batch), batch)
             loss.backward()
@@ -111,9 +115,9 @@ def reference_worker(conn: Connection, epochs: int, seed: int, work: Workload, r
     _wait_for_turn(conn)
     model.eval()
     with torch.no_grad():
-        val = torch.cat([model(b) for b in d["val"].images.split(1024)])
+        val = torch.cat([model(b.to(device)).cpu() for b in d["val"].images.split(1024)])
         val_loss = float(((val - d["val"].images) ** 2).mean())
-        recon = torch.cat([model(b) for b in d["test"].images.split(1024)])
+        recon = torch.cat([model(b.to(device)).cpu() for b in d["test"].images.split(1024)])
     scores = ((recon - d["test"].images) ** 2).flatten(1).mean(1)
     return {
         "train_images_per_s": statistics.median(rates),
@@ -141,7 +145,7 @@ def project_worker(conn: Connection, epochs: int, seed: int, work: Workload) -> 
         result = train.train(
             d["train"].images,
             d["val"].images,
-            train.TrainConfig(epochs=epochs, seed=seed),
+            train.TrainConfig(epochs=epochs, seed=seed, device=work.device),
             progress=False,
             on_epoch=next_epoch,
         )
@@ -153,6 +157,16 @@ def project_worker(conn: Connection, epochs: int, seed: int, work: Workload) -> 
         t0 = time.perf_counter()
         scored = scoring.score(model, d["test"].images)
         times.append(time.perf_counter() - t0)
+    # The default score's whole path: reconstructions and maps, latents, kNN against the
+    # training normals' latents (encoded once per model, as the run folder caches them).
+    reference = scoring.encode(model, d["train"].images)
+    default_times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        scored = scoring.score(model, d["test"].images)
+        scoring.knn_distances(reference, scored.latents)
+        default_times.append(time.perf_counter() - t0)
+    onnx_rate = _onnxruntime_rate(model, reference, d["test"].images)
     is_anomaly = d["test"].is_anomaly
     pick = torch.cat([data.sample_indices(~is_anomaly, 500, seed), data.sample_indices(is_anomaly, 500, seed)])
     pick = pick[: len(d["test"].images)]
@@ -173,7 +187,35 @@ def project_worker(conn: Connection, epochs: int, seed: int, work: Workload) -> 
         "precision": result.precision.name,
         "device": str(result.device),
         "scoring_images_per_s": len(d["test"].images) / statistics.median(times),
+        "default_score_images_per_s": len(d["test"].images) / statistics.median(default_times),
+        "onnxruntime_images_per_s": onnx_rate,
         "tsne_seconds": tsne_s,
         "tsne_points": len(pick),
         "step_breakdown": breakdown,
     }
+
+
+def _onnxruntime_rate(model: Any, reference: torch.Tensor, images: torch.Tensor) -> float | None:
+    """Images/s of the exported detector (``latent-knn`` map and score) in onnxruntime on the CPU, or None without it."""
+    import tempfile
+    from pathlib import Path
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    from anomalymap_helpers.tools.export import Detector, write_onnx
+
+    detector = Detector(model.cpu(), "latent-knn", 0.0, reference, uint8=False).eval()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        path = write_onnx(detector, images[:2], {}, Path(tmp) / "detector.onnx")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = images.numpy()
+    session.run(None, {"images": x[:512]})  # warm-up
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for i in range(0, len(x), 512):
+            session.run(None, {"images": x[i : i + 512]})
+        times.append(time.perf_counter() - t0)
+    return len(x) / statistics.median(times)
