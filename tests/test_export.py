@@ -132,3 +132,13 @@ def test_export_refuses_a_run_without_model_or_evaluation(
     assert "metrics.json" in capsys.readouterr().err
     assert main(["export", "--results", str(tmp_path / "nowhere")]) == 1
     assert "no run folder at" in capsys.readouterr().err
+
+
+def test_export_check_prints_the_comparison(folder_run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "detector.onnx"
+    assert main(["export", "--results", str(folder_run_dir), "--out", str(out), "--check"]) == 0
+    text = capsys.readouterr().out
+    found = re.search(r"largest score difference (\S+), largest map difference (\S+), (\d+) verdict", text)
+    assert found, text
+    assert float(found[1]) < TOLERANCE and float(found[2]) < TOLERANCE and found[3] == "0"
+    assert re.search(r"onnxruntime [\d,]+ images/s, PyTorch [\d,]+ images/s", text)

@@ -29,6 +29,18 @@ def _export(args: argparse.Namespace) -> int:
     out = export(args.results, args.out, input_type=args.input, mnist_dir=args.mnist_dir)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): images in, anomaly map and score out; "
           "threshold and names in its metadata")
+    if args.check:
+        from anomalymap_helpers.runs.opened import Run
+        from anomalymap_helpers.tools.export import check_export
+
+        c = check_export(out, Run.open(args.results, mnist_dir=args.mnist_dir, device="cpu"))
+        print(
+            f"onnxruntime vs PyTorch (fp32) on {c['images']:,} test images: largest score difference "
+            f"{c['score_diff']:.1e}, largest map difference {c['map_diff']:.1e}, "
+            f"{c['verdict_flips']} verdict(s) changed at the threshold {c['threshold']:.5f}\n"
+            f"scoring on the CPU: onnxruntime {c['onnxruntime_images_per_s']:,.0f} images/s, "
+            f"PyTorch {c['pytorch_images_per_s']:,.0f} images/s (maps and the run's score, median of 3)"
+        )
     return 0
 
 
@@ -123,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument(
         "--input", choices=["uint8", "float"], default="uint8",
         help="what the model takes: uint8 0-255 (default, as a PNG decodes) or float 0-1",
+    )
+    exp.add_argument(
+        "--check", action="store_true",
+        help="then score the run's test images both ways (onnxruntime, PyTorch fp32) and print the differences and speeds",
     )
     exp.add_argument("--mnist-dir", default=None)
     exp.set_defaults(func=_export)

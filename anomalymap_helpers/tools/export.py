@@ -221,3 +221,63 @@ def write_onnx(detector: Detector, example: torch.Tensor, meta: dict[str, str], 
         onnx.checker.check_model(model)
         storage.write_bytes(target, model.SerializeToString())
     return target
+
+
+def check_export(path: str | os.PathLike[str], run: Any, batch_size: int = 512) -> dict[str, float]:
+    """Compare an exported detector in onnxruntime with the PyTorch path (fp32) on the run's test images.
+
+    Returns:
+        ``images``, the largest ``score_diff`` and ``map_diff``, ``verdict_flips`` at the
+        threshold in the file's metadata, and both paths' ``images_per_s`` (median of 3).
+    """
+    import statistics
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from anomalymap_helpers.pipeline.device import Precision
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    images = run.splits["test"].images
+    x = (images * 255).round().to(torch.uint8).numpy() if meta["input"].startswith("uint8") else images.numpy()
+
+    def onnx_path() -> tuple[np.ndarray, np.ndarray]:
+        parts = [session.run(["map", "score"], {"images": x[i : i + batch_size]}) for i in range(0, len(x), batch_size)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    ev = run.evaluation
+    method, blur = ev["score"], float(ev.get("map_blur", 0.0))
+    model = run.model.cpu()
+    fp32 = Precision("fp32", "cpu")
+    reference = run.reference_latents().cpu() if method in ("latent-knn", "ensemble") else None
+    val = scoring.score(model, run.splits["val"].images, blur=blur, precision=fp32)
+    # The Scorer computes every method; a method without a reference set needs no real one.
+    stand_in = reference if reference is not None else run.splits["train"].images[:2]
+    scorer = scoring.Scorer(model, stand_in, val, blur=blur)
+
+    def torch_path() -> tuple[torch.Tensor, torch.Tensor]:
+        test = scoring.score(model, images, blur=blur, precision=fp32)
+        return test.maps, scorer.all_scores(test)[method]
+
+    rates = {}
+    for name, fn in (("onnxruntime", onnx_path), ("pytorch", torch_path)):
+        fn()  # warm-up
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+        rates[name] = (len(x) / statistics.median(times), out)
+    (o_maps, o_scores), (t_maps, t_scores) = rates["onnxruntime"][1], rates["pytorch"][1]
+    threshold = float(meta["threshold"])
+    return {
+        "images": len(x),
+        "score_diff": float(np.abs(o_scores - t_scores.numpy()).max()),
+        "map_diff": float(np.abs(o_maps - t_maps.numpy()).max()),
+        "verdict_flips": int(((o_scores > threshold) != (t_scores.numpy() > threshold)).sum()),
+        "threshold": threshold,
+        "onnxruntime_images_per_s": rates["onnxruntime"][0],
+        "pytorch_images_per_s": rates["pytorch"][0],
+    }
