@@ -252,3 +252,34 @@ def test_a_signal_during_a_checkpoint_waits_for_its_last_file() -> None:
     assert written == ["training_state", "model"]
     with pytest.raises(KeyboardInterrupt):
         interrupts.handler(signal.SIGTERM, None)  # outside a checkpoint: at once
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
+    config = train.TrainConfig(lr=0.004, lr_schedule="cosine")
+    total = 200  # 10 warm-up steps (5 %)
+    rates = [train.learning_rate(config, step, total) for step in range(total)]
+    assert rates[:10] == pytest.approx([0.004 * (i + 1) / 10 for i in range(10)])
+    assert rates[10] == pytest.approx(0.004)
+    assert rates[10 + 95] == pytest.approx(0.002)  # half-way through the decay: half the peak
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:], strict=False)) and rates[-1] < 1e-6
+    assert train.learning_rate(train.TrainConfig(lr=0.004), 123, total) == 0.004
+    with pytest.raises(ParameterError, match="lr_schedule='linear': use one of"):
+        train.TrainConfig(lr_schedule="linear")
+
+
+def test_cosine_schedule_resumes_only_over_its_planned_epochs(small_normals, tmp_path: Path) -> None:
+    x, v = small_normals
+    x, v = x[:256], v[:64]
+    files = RunFiles(tmp_path / "run")
+    cfg = dict(CPU, lr_schedule="cosine")
+    whole = train.train(x, v, train.TrainConfig(epochs=2, **cfg), progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(x, v, train.TrainConfig(epochs=2, **cfg), files=files, progress=False,
+                    on_epoch=lambda record: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(ParameterError, match="schedule was planned over 2 epochs, now 3 asked"):
+        train.check_resume(files, train.TrainConfig(epochs=3, **cfg))
+    with pytest.raises(ParameterError, match="lr_schedule: checkpoint 'cosine', now 'constant'"):
+        train.check_resume(files, train.TrainConfig(epochs=2, **CPU))
+    resumed = train.train(x, v, train.TrainConfig(epochs=2, **cfg), files=files, resume=True, progress=False)
+    for name, w in _weights(whole.model).items():
+        torch.testing.assert_close(_weights(resumed.model)[name], w, msg=name)

@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anomalymap_helpers.errors import ParameterError
 
@@ -214,3 +213,17 @@ def compare(scores: dict[str, Any], is_anomaly: Any) -> list[dict[str, float | s
         for name, s in scores.items()
     ]
     return sorted(rows, key=lambda r: -r["roc_auc"])
+
+
+def roc_auc_score(y: Any, s: Any) -> float:
+    """scikit-learn's ROC-AUC, imported on first use (it costs notebooks that never call it a second to import)."""
+    from sklearn.metrics import roc_auc_score as auc
+
+    return auc(y, s)
+
+
+def average_precision_score(y: Any, s: Any) -> float:
+    """scikit-learn's average precision, imported on first use."""
+    from sklearn.metrics import average_precision_score as ap
+
+    return ap(y, s)

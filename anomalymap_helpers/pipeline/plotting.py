@@ -12,7 +12,6 @@ from typing import Any
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
-from sklearn.metrics import precision_recall_curve, roc_curve
 
 
 class NotebookFigure(Figure):
@@ -133,7 +132,7 @@ def score_histogram(scores: Any, is_anomaly: Any, threshold: float | None = None
 
 def roc_figure(curves: dict[str, tuple[Any, Any]]) -> Figure:
     """ROC curves, one per named ``(scores, is_anomaly)`` pair, with their AUC."""
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_auc_score, roc_curve
 
     fig = NotebookFigure(figsize=(4.5, 4.5))
     ax = fig.add_subplot()
@@ -148,7 +147,7 @@ def roc_figure(curves: dict[str, tuple[Any, Any]]) -> Figure:
 
 def pr_figure(curves: dict[str, tuple[Any, Any]]) -> Figure:
     """Precision-recall curves, one per named ``(scores, is_anomaly)`` pair, with their AP."""
-    from sklearn.metrics import average_precision_score
+    from sklearn.metrics import average_precision_score, precision_recall_curve
 
     fig = NotebookFigure(figsize=(4.5, 4.5))
     ax = fig.add_subplot()

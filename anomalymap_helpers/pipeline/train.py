@@ -71,6 +71,9 @@ class TrainConfig:
         seed: Seed of the initial weights and of the shuffling.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         amp: Mixed precision where the device supports it (see ``device.py``).
+        lr_schedule: ``"constant"`` (``lr`` throughout) or ``"cosine"`` (a linear
+            warm-up over the first ``WARMUP`` of the steps to ``lr``, then a cosine
+            decay to 0 at the last step; see :func:`learning_rate`).
     """
 
     epochs: int = 5
@@ -80,6 +83,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         check_positive("epochs", self.epochs)
@@ -90,6 +94,22 @@ class TrainConfig:
             raise ParameterError(f"seed={self.seed!r}: use a whole number of 0 or more")
         if not isinstance(self.amp, bool):
             raise ParameterError(f"amp={self.amp!r}: use True or False")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ParameterError(f"lr_schedule={self.lr_schedule!r}: use one of {list(LR_SCHEDULES)}")
+
+
+LR_SCHEDULES = ("constant", "cosine")
+WARMUP = 0.05  # share of the steps spent warming up, in the cosine schedule
+
+
+def learning_rate(config: TrainConfig, step: int, total: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``total``, by ``config.lr_schedule``."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    warm = max(1, round(WARMUP * total))
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    return config.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
 @dataclass
@@ -217,7 +237,7 @@ def mean_loss(model: ConvAutoencoder, images: torch.Tensor, precision: Precision
 
 
 # Settings that must match a checkpoint to resume from it (epochs may grow; the device may change).
-RESUME_KEYS = ("batch_size", "lr", "latent_dim", "seed", "amp")
+RESUME_KEYS = ("batch_size", "lr", "latent_dim", "seed", "amp", "lr_schedule")
 
 
 def fingerprint(images: torch.Tensor) -> str:
@@ -249,8 +269,18 @@ def check_resume(files: RunFiles, config: TrainConfig, data_sha256: str | None =
     meta = checkpoint.read_metadata(files.training_state, "training state")
     saved, done = meta.get("train_config", {}), int(meta.get("epoch", 0))
     asked = asdict(config)
-    problems = [f"{k}: checkpoint {saved.get(k)!r}, now {asked[k]!r}" for k in RESUME_KEYS if saved.get(k) != asked[k]]
-    if config.epochs < done:
+    old = {"lr_schedule": "constant"}  # checkpoints from before the setting existed
+    problems = [
+        f"{k}: checkpoint {saved.get(k, old.get(k))!r}, now {asked[k]!r}"
+        for k in RESUME_KEYS
+        if saved.get(k, old.get(k)) != asked[k]
+    ]
+    if config.lr_schedule != "constant" and saved.get("epochs") not in (None, config.epochs):
+        problems.append(
+            f"epochs: the {config.lr_schedule} learning-rate schedule was planned over {saved.get('epochs')} epochs, "
+            f"now {config.epochs} asked (give epochs={saved.get('epochs')})"
+        )
+    elif config.epochs < done:
         problems.append(f"epochs: the checkpoint has {done} done, now {config.epochs} asked (give epochs >= {done})")
     if data_sha256 and saved.get("train_images_sha256") not in (None, data_sha256):
         problems.append("the training images differ from the checkpoint's (notebook 01 made other splits)")
@@ -353,6 +383,9 @@ def train(
                 total = 0.0
                 step_bar = progress_bar(steps, f"epoch {epoch + 1}", leave=False, disable=not progress or plain)
                 for step in range(steps):
+                    if config.lr_schedule != "constant":
+                        for group in optimizer.param_groups:
+                            group["lr"] = learning_rate(config, epoch * steps + step, config.epochs * steps)
                     chosen = perm[step * bs : (step + 1) * bs]
                     share = chosen[w.rank :: w.size]  # this process's share of the global batch
                     batch = x_train[share if len(share) else chosen[:1]]

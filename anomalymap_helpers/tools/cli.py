@@ -1,4 +1,4 @@
-"""The command line: ``python -m anomalymap_helpers run|train|export|params|example-folder|benchmark|speed|explorer-latency ...``."""
+"""The command line: ``python -m anomalymap_helpers run|train|export|time-to-detector|params|example-folder|benchmark|speed|explorer-latency ...``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,14 @@ def _export(args: argparse.Namespace) -> int:
             f"scoring on the CPU: onnxruntime {c['onnxruntime_images_per_s']:,.0f} images/s, "
             f"PyTorch {c['pytorch_images_per_s']:,.0f} images/s (maps and the run's score, median of 3)"
         )
+    return 0
+
+
+def _time_to_detector(args: argparse.Namespace) -> int:
+    from anomalymap_helpers.tools.runner import read_parameters
+    from anomalymap_helpers.tools.time_to_detector import run_time_to_detector
+
+    run_time_to_detector(args.results, read_parameters([], args.param or []), args.out)
     return 0
 
 
@@ -179,6 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--mnist-dir", default=None, help="local MNIST folder (default $ANOMALYMAP_MNIST_DIR)")
     bench.add_argument("--device", default="auto")
     bench.set_defaults(func=_benchmark)
+    ttd = sub.add_parser(
+        "time-to-detector", help="the whole series at its defaults against the original loop's 5 epochs of training"
+    )
+    ttd.add_argument("--results", default="results/time-to-detector", metavar="DIR", help="the series' run folder")
+    ttd.add_argument("--out", default=None, metavar="DIR", help="where time_to_detector.json goes (default --results)")
+    ttd.add_argument(
+        "-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), help="a series parameter (default: none)"
+    )
+    ttd.set_defaults(func=_time_to_detector)
     lat = sub.add_parser("explorer-latency", help="milliseconds from a slider move to the redrawn explorer view")
     lat.add_argument("--results", default="results/default", metavar="DIR", help="a run folder made by notebooks 01-03")
     lat.add_argument("--moves", type=int, default=40)

@@ -1,0 +1,135 @@
+"""Time to a trained detector: the whole series at its defaults against the original loop's training alone.
+
+``python -m anomalymap_helpers time-to-detector [--results DIR] [-p NAME VALUE]...`` measures,
+in one run on one machine:
+
+1. AnomalyMap's five notebooks at their defaults (or the ``-p`` parameters), through the
+   runner, timed end to end (each notebook's seconds too), and the default score's digit-9
+   ROC-AUC from notebook 03;
+2. the original design's loop (fp32, a DataLoader over a TensorDataset, batch 256, Adam 1e-3)
+   training its 5 epochs on the same split (the one notebook 01 wrote), timed, then its
+   ROC-AUC by the original per-image MSE and by the default score (``latent-knn``);
+
+and prints both with their ratio (series / reference training) and the CPU, and writes
+``time_to_detector.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from anomalymap_helpers.runs import storage
+from anomalymap_helpers.runs.paths import resolve
+
+REFERENCE_EPOCHS = 5
+
+
+def reference_training(splits: dict[str, Any], epochs: int = REFERENCE_EPOCHS, seed: int = 0) -> dict[str, Any]:
+    """Train the original design's loop on ``splits``; its seconds, validation MSE and ROC-AUCs."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from anomalymap_helpers.pipeline import metrics, scoring
+    from anomalymap_helpers.pipeline.device import retain_freed_memory
+    from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig, ReferenceAutoencoder
+
+    retain_freed_memory()  # as the speed benchmark runs it: its speed then does not vary between runs
+    x = splits["train"].images
+    torch.manual_seed(seed)
+    model = ReferenceAutoencoder(ConvAutoencoder(ModelConfig(image_size=x.shape[-1], channels=x.shape[1])))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(x), batch_size=256, shuffle=True)
+    criterion = torch.nn.MSELoss()
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        for (batch,) in loader:
+            optimizer.zero_grad()
+            loss = criterion(model(batch), batch)
+            loss.backward()
+            optimizer.step()
+    seconds = time.perf_counter() - t0
+    model.eval()
+    test = splits["test"]
+    with torch.no_grad():
+        recon = torch.cat([model(b) for b in test.images.split(1024)])
+        latents = {
+            name: torch.cat([model.encoder(b) for b in imgs.split(1024)])
+            for name, imgs in (("train", x), ("test", test.images))
+        }
+        val = torch.cat([model(b) for b in splits["val"].images.split(1024)])
+    y = test.is_anomaly.numpy()
+    return {
+        "epochs": epochs,
+        "train_images": len(x),
+        "seconds": seconds,
+        "val_loss": float(((val - splits["val"].images) ** 2).mean()),
+        "roc_auc_mse": float(metrics.roc_auc_score(y, scoring.mse_scores(test.images, recon).numpy())),
+        "roc_auc_default": float(
+            metrics.roc_auc_score(y, scoring.knn_distances(latents["train"], latents["test"]).numpy())
+        ),
+    }
+
+
+def run_time_to_detector(
+    results: str = "results/time-to-detector", params: dict[str, Any] | None = None, out: str | None = None
+) -> dict[str, Any]:
+    """Measure both, print the table, write ``time_to_detector.json`` (into ``out``, default ``results``)."""
+    from anomalymap_helpers.pipeline import data
+    from anomalymap_helpers.runs.paths import RunFiles
+    from anomalymap_helpers.tools.runner import run_series
+    from anomalymap_helpers.tools.speed.harness import cpu_info
+
+    params = dict(params or {})
+    results_dir = resolve(results)
+    print("1/2 AnomalyMap's series" + (f" with {params}" if params else " at its defaults") + " ...", flush=True)
+    t0 = time.perf_counter()
+    runs = run_series(params, results_dir, echo=lambda line: None)
+    series_s = time.perf_counter() - t0
+    print(f"    {series_s:.1f} s", flush=True)
+    print(f"2/2 the original loop, {REFERENCE_EPOCHS} epochs on the same split ...", flush=True)
+    splits, manifest = data.load_splits(
+        RunFiles.at(results_dir), data_dir=params.get("data_dir", "data"), mnist_dir=params.get("mnist_dir") or None
+    )
+    reference = reference_training(splits, seed=manifest["config"]["seed"])
+    print(f"    {reference['seconds']:.1f} s", flush=True)
+    evaluation = storage.read_json(results_dir / "metrics.json")
+    model = storage.read_json(results_dir / "model.json")
+    report = {
+        "cpu": cpu_info(),
+        "torch": torch.__version__,
+        "reference": reference,
+        "series_seconds": series_s,
+        "notebook_seconds": {r.name: r.seconds for r in runs},
+        "series_epochs": model["train"]["epochs"],
+        "series_val_loss": model["final_val_loss"],
+        "series_score": evaluation["score"],
+        "series_roc_auc": evaluation["roc_auc"],
+        "ratio": series_s / reference["seconds"],
+        "params": params,
+    }
+    path = storage.write_json(Path(out and resolve(out) or results_dir) / "time_to_detector.json", report)
+    print(format_table(report))
+    print(f"wrote {path}")
+    return report
+
+
+def format_table(r: dict[str, Any]) -> str:
+    cpu = r["cpu"]
+    flags = ", ".join(f"{name} {'yes' if cpu.get(name) else 'no'}" for name in ("avx512", "bf16", "amx"))
+    ref = r["reference"]
+    notebooks = " · ".join(f"{name[:2]} {s:.1f} s" for name, s in r["notebook_seconds"].items())
+    rows = [
+        ("CPU", f"{cpu['model']}, {cpu['cores']} cores ({flags})", ""),
+        ("what is timed", f"training alone, {ref['epochs']} epochs", f"the five notebooks ({r['series_epochs']} epochs)"),
+        ("seconds", f"{ref['seconds']:.1f}", f"{r['series_seconds']:.1f} ({notebooks})"),
+        ("ratio (series / reference training)", "1.00", f"{r['ratio']:.2f}"),
+        ("validation MSE", f"{ref['val_loss']:.5f}", f"{r['series_val_loss']:.5f}"),
+        ("ROC-AUC, latent-knn (the default score)", f"{ref['roc_auc_default']:.3f}", f"{r['series_roc_auc']:.3f} ({r['series_score']})"),
+        ("ROC-AUC, per-image MSE (the original score)", f"{ref['roc_auc_mse']:.3f}", ""),
+    ]
+    lines = ["| | original loop | AnomalyMap series |", "|---|---:|---:|"]
+    return "\n".join(lines + [f"| {a} | {b} | {c} |" for a, b, c in rows])

@@ -1,0 +1,29 @@
+"""The time-to-detector benchmark: the series and the original loop on the same split, one table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import SMALL
+
+from anomalymap_helpers.runs import storage
+from anomalymap_helpers.tools.time_to_detector import run_time_to_detector
+
+
+def test_time_to_detector_times_both_on_one_split(
+    mnist_dir: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params = {**SMALL, "mnist_dir": str(mnist_dir), "data_dir": str(data_dir)}
+    report = run_time_to_detector(str(tmp_path / "run"), params)
+    saved = json.loads((tmp_path / "run" / "time_to_detector.json").read_text())
+    assert saved["ratio"] == pytest.approx(saved["series_seconds"] / saved["reference"]["seconds"])
+    assert sum(saved["notebook_seconds"].values()) <= saved["series_seconds"]
+    assert len(saved["notebook_seconds"]) == 5
+    ref = report["reference"]
+    assert ref["epochs"] == 5 and ref["train_images"] == 9000  # the split notebook 01 wrote
+    assert 0.5 < ref["roc_auc_default"] < 1 and 0 < ref["roc_auc_mse"] < 1
+    assert saved["series_roc_auc"] == storage.read_json(tmp_path / "run" / "metrics.json")["roc_auc"]
+    out = capsys.readouterr().out
+    assert "| CPU | " in out and "| ratio (series / reference training) | 1.00 | " in out
