@@ -198,11 +198,11 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     Parameter("max_test", int, 0, "cap on test images (0: all)", ("01",), "0, or 2 or more"),
     Parameter(
-        "epochs", int, 0, "passes over the normal training images; 0: 5, more on small sets (10,000 images seen)",
+        "epochs", int, 0, "passes over the normal training images; 0: 2, more on small sets (10,000 images seen)",
         ("02",), "0 (by data set) or more", lambda n, v: _positive_int(n, v, 0),
     ),
     Parameter(
-        "batch_size", int, 0, "images per optimizer step; 0: 256, smaller on sets under 4,096 images",
+        "batch_size", int, 0, "images per optimizer step; 0: 64, smaller on sets under 1,024 images",
         ("02",), "0 (by data set) or more", lambda n, v: _positive_int(n, v, 0),
     ),
     Parameter("lr", float, 0.001, "Adam learning rate", ("02",), "above 0", _positive),

@@ -283,3 +283,30 @@ def test_cosine_schedule_resumes_only_over_its_planned_epochs(small_normals, tmp
     resumed = train.train(x, v, train.TrainConfig(epochs=2, **cfg), files=files, resume=True, progress=False)
     for name, w in _weights(whole.model).items():
         torch.testing.assert_close(_weights(resumed.model)[name], w, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        (48_646, (2, 64)),  # MNIST digits 0-8: 2 epochs of 64
+        (5_400, (2, 64)),  # one Fashion-MNIST class
+        (2_000, (5, 64)),  # 10,000 images seen
+        (270, (38, 16)),  # the example folder: about 16 steps an epoch, 10,000 images seen
+        (160, (63, 16)),
+    ],
+)
+def test_schedule_by_data_set(n: int, expected: tuple[int, int]) -> None:
+    assert train.schedule_for(n) == expected
+    assert train.schedule_for(n, 3, 100) == (3, 100)  # given values are kept
+
+
+def test_resume_with_the_schedule_by_data_set_is_not_refused_early(small_normals, tmp_path: Path) -> None:
+    """epochs=0 and batch_size=0 (the defaults) stand for the checkpoint's values in the runner's early check."""
+    from anomalymap_helpers.tools.runner import check_parameters, series
+
+    x, v = small_normals
+    train.train(x, v, train.TrainConfig(epochs=1, **CPU), files=RunFiles(tmp_path), progress=False)
+    values = check_parameters({"results_dir": str(tmp_path), "resume": True, "device": "cpu"}, series())
+    assert values["epochs"] == 0 and values["batch_size"] == 0
+    with pytest.raises(ParameterError, match="lr: checkpoint 0.001, now 0.01"):
+        check_parameters({"results_dir": str(tmp_path), "resume": True, "device": "cpu", "lr": 0.01}, series())

@@ -1,4 +1,4 @@
-"""The command line: ``python -m anomalymap_helpers run|train|export|time-to-detector|params|example-folder|benchmark|speed|explorer-latency ...``."""
+"""The command line: ``python -m anomalymap_helpers run|train|export|time-to-detector|schedule-curve|params|example-folder|benchmark|speed|explorer-latency ...``."""
 
 from __future__ import annotations
 
@@ -49,6 +49,14 @@ def _time_to_detector(args: argparse.Namespace) -> int:
     from anomalymap_helpers.tools.time_to_detector import run_time_to_detector
 
     run_time_to_detector(args.results, read_parameters([], args.param or []), args.out)
+    return 0
+
+
+def _schedule_curve(args: argparse.Namespace) -> int:
+    from anomalymap_helpers.tools.schedule_curve import run_curve
+
+    run_curve(args.schedule or ["5x256", "1x32"], args.seeds, args.out, every=args.every,
+              mnist_dir=args.mnist_dir, figure=args.figure)
     return 0
 
 
@@ -196,6 +204,17 @@ def main(argv: list[str] | None = None) -> int:
         "-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), help="a series parameter (default: none)"
     )
     ttd.set_defaults(func=_time_to_detector)
+    curve = sub.add_parser(
+        "schedule-curve", help="validation MSE and digit-9 ROC-AUC against images trained on, per training schedule"
+    )
+    curve.add_argument("--schedule", action="append", metavar="EPOCHSxBATCH",
+                       help="a schedule to train (repeatable; default 5x256, the old default, and 1x32, the new)")
+    curve.add_argument("--seeds", type=int, default=3)
+    curve.add_argument("--every", type=int, default=24_576, help="images between two measurements")
+    curve.add_argument("--out", default="results/schedule-curve", metavar="DIR")
+    curve.add_argument("--figure", default=None, metavar="PNG", help="where the plot goes (default <out>/schedule_curve.png)")
+    curve.add_argument("--mnist-dir", default=None)
+    curve.set_defaults(func=_schedule_curve)
     lat = sub.add_parser("explorer-latency", help="milliseconds from a slider move to the redrawn explorer view")
     lat.add_argument("--results", default="results/default", metavar="DIR", help="a run folder made by notebooks 01-03")
     lat.add_argument("--moves", type=int, default=40)

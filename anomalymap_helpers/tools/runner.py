@@ -86,9 +86,18 @@ def check_parameters(params: dict[str, Any], notebooks: list[Path]) -> dict[str,
     """
     numbers = {nb.name[:2] for nb in notebooks}
     values = parameters.validate(params, [p.name for p in parameters.PARAMETERS if numbers & set(p.notebooks)])
-    if values.get("resume"):
-        config = TrainConfig(**{k: values[k] for k in TrainConfig.__dataclass_fields__})
-        check_resume(RunFiles.at(values["results_dir"]), config)
+    files = RunFiles.at(values["results_dir"])
+    if values.get("resume") and files.training_state.exists():
+        from anomalymap_helpers.runs import checkpoint
+
+        # epochs=0 and batch_size=0 ("by data set") are resolved by notebook 02 on the split;
+        # here they stand for the checkpoint's own values, so only a real difference is refused.
+        saved = checkpoint.read_metadata(files.training_state, "training state").get("train_config", {})
+        given = {k: values[k] for k in TrainConfig.__dataclass_fields__ if k in values}
+        for key in ("epochs", "batch_size"):
+            if given.get(key) == 0:
+                given[key] = saved.get(key) or 1
+        check_resume(files, TrainConfig(**given))
     return values
 
 
