@@ -61,6 +61,14 @@ def small_normals(mnist: data.ImageData) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 SMALL = {"max_train": 10000, "max_test": 1000, "epochs": 1, "batch_size": 64, "tsne_samples": 150, "n_heatmaps": 4}
+
+
+@pytest.fixture(scope="session")
+def small_series(mnist_dir: Path, data_dir: Path) -> dict[str, object]:
+    """The smoke run's parameters (a slice of MNIST, 1 epoch), with the test's data folders."""
+    return {**SMALL, "mnist_dir": str(mnist_dir), "data_dir": str(data_dir)}
+
+
 NAMES = ["01_data.ipynb", "02_training.ipynb", "03_evaluation.ipynb", "04_explorer.ipynb", "05_latent.ipynb"]
 
 

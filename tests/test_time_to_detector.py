@@ -6,17 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SMALL
 
 from anomalymap_helpers.runs import storage
 from anomalymap_helpers.tools.time_to_detector import run_time_to_detector
 
 
 def test_time_to_detector_times_both_on_one_split(
-    mnist_dir: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    small_series: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    params = {**SMALL, "mnist_dir": str(mnist_dir), "data_dir": str(data_dir)}
-    report = run_time_to_detector(str(tmp_path / "run"), params)
+    report = run_time_to_detector(str(tmp_path / "run"), small_series)
     saved = json.loads((tmp_path / "run" / "time_to_detector.json").read_text())
     assert saved["ratio"] == pytest.approx(saved["series_seconds"] / saved["reference"]["seconds"])
     assert sum(saved["notebook_seconds"].values()) <= saved["series_seconds"]

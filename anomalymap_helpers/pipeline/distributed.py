@@ -22,7 +22,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -171,6 +170,10 @@ def launch(
     cmd = command(results_dir, params, nproc)
     tail: deque[str] = deque(maxlen=60)
     echo(f"$ OMP_NUM_THREADS={threads} {shlex.join(cmd)}")
+    if cwd is None:  # the project root, so `-m anomalymap_helpers` imports this checkout
+        from anomalymap_helpers.runs.paths import project_root
+
+        cwd = project_root()
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env, cwd=cwd
     ) as proc:
@@ -200,9 +203,3 @@ def rank_failed(exc: BaseException) -> str:
     """The line a failing rank prints before torchrun ends the others."""
     return f"rank {world().rank} of {world().size} failed: {type(exc).__name__}: {exc}"
 
-
-def project_cwd() -> Path:
-    """Where :func:`launch` runs (the project root, so ``-m anomalymap_helpers`` imports this checkout)."""
-    from anomalymap_helpers.runs.paths import project_root
-
-    return project_root()

@@ -93,7 +93,7 @@ def train_in_processes(values: Mapping[str, Any], nproc: int) -> train.TrainResu
     distributed.check_nproc(nproc, values["device"])
     files = RunFiles.at(values["results_dir"])
     mine = {k: v for k, v in values.items() if k in NAMES and k != "results_dir"}
-    distributed.launch(files.root, mine, nproc, cwd=distributed.project_cwd(), env={HEADLESS_ENV: "1"})
+    distributed.launch(files.root, mine, nproc, env={HEADLESS_ENV: "1"})
     device = resolve_device(values["device"])
     history = checkpoint.read_metadata(files.training_state, "training state")["history"]
     model = checkpoint.load_model(files.model, device=device)
