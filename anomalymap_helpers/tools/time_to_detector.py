@@ -30,37 +30,20 @@ REFERENCE_EPOCHS = 5
 
 def reference_training(splits: dict[str, Any], epochs: int = REFERENCE_EPOCHS, seed: int = 0) -> dict[str, Any]:
     """Train the original design's loop on ``splits``; its seconds, validation MSE and ROC-AUCs."""
-    from torch.utils.data import DataLoader, TensorDataset
-
     from anomalymap_helpers.pipeline import metrics, scoring
     from anomalymap_helpers.pipeline.device import retain_freed_memory
-    from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig, ReferenceAutoencoder
+    from anomalymap_helpers.tools.speed.workers import ReferenceLoop
 
     retain_freed_memory()  # as the speed benchmark runs it: its speed then does not vary between runs
-    x = splits["train"].images
-    torch.manual_seed(seed)
-    model = ReferenceAutoencoder(ConvAutoencoder(ModelConfig(image_size=x.shape[-1], channels=x.shape[1])))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = DataLoader(TensorDataset(x), batch_size=256, shuffle=True)
-    criterion = torch.nn.MSELoss()
+    x, test = splits["train"].images, splits["test"]
+    loop = ReferenceLoop(x, seed)
     t0 = time.perf_counter()
     for _ in range(epochs):
-        model.train()
-        for (batch,) in loader:
-            optimizer.zero_grad()
-            loss = criterion(model(batch), batch)
-            loss.backward()
-            optimizer.step()
+        loop.epoch()
     seconds = time.perf_counter() - t0
-    model.eval()
-    test = splits["test"]
-    with torch.no_grad():
-        recon = torch.cat([model(b) for b in test.images.split(1024)])
-        latents = {
-            name: torch.cat([model.encoder(b) for b in imgs.split(1024)])
-            for name, imgs in (("train", x), ("test", test.images))
-        }
-        val = torch.cat([model(b) for b in splits["val"].images.split(1024)])
+    recon = loop.apply(test.images)
+    latents = {"train": loop.apply(x, encode=True), "test": loop.apply(test.images, encode=True)}
+    val = loop.apply(splits["val"].images)
     y = test.is_anomaly.numpy()
     return {
         "epochs": epochs,

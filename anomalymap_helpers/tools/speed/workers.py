@@ -75,6 +75,45 @@ def _wait_for_turn(conn: Connection) -> None:
         raise SystemExit(0)
 
 
+class ReferenceLoop:
+    """The original design's training loop: fp32, a DataLoader over a TensorDataset, batch 256, shuffled, Adam 1e-3.
+
+    Seeded with ``seed`` before the model is built (the DataLoader's shuffling then
+    follows from it); trains on ``device``.
+    """
+
+    def __init__(self, train_images: torch.Tensor, seed: int, device: str = "cpu") -> None:
+        from torch.utils.data import DataLoader, TensorDataset
+
+        from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig, ReferenceAutoencoder
+
+        torch.manual_seed(seed)
+        self.device = torch.device(device)
+        _, channels, size, _ = train_images.shape
+        self.model = ReferenceAutoencoder(ConvAutoencoder(ModelConfig(image_size=size, channels=channels)))
+        self.model = self.model.to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.loader = DataLoader(TensorDataset(train_images), batch_size=256, shuffle=True)
+        self.criterion = torch.nn.MSELoss()
+
+    def epoch(self) -> None:
+        """One pass over the training images."""
+        self.model.train()
+        for (batch,) in self.loader:
+            batch = batch.to(self.device)
+            self.optimizer.zero_grad()
+            loss = self.criterion(self.model(batch), batch)
+            loss.backward()
+            self.optimizer.step()
+
+    @torch.no_grad()
+    def apply(self, images: torch.Tensor, encode: bool = False) -> torch.Tensor:
+        """Reconstructions (or, with ``encode``, latents) of ``images`` in batches of 1,024, on the CPU."""
+        self.model.eval()
+        fn = self.model.encoder if encode else self.model
+        return torch.cat([fn(b.to(self.device)).cpu() for b in images.split(1024)])
+
+
 def reference_worker(conn: Connection, epochs: int, seed: int, work: Workload, retain_memory: bool = True) -> dict:
     """The original design's loop: fp32, DataLoader over a TensorDataset, batch 256, Adam 1e-3.
 
@@ -84,40 +123,22 @@ def reference_worker(conn: Connection, epochs: int, seed: int, work: Workload, r
     how many freed blocks are unmapped and faulted in again each step: 1,500 to
     2,100 images/s between runs here (``speed --reference-glibc-defaults``).
     """
-    from torch.utils.data import DataLoader, TensorDataset
-
     from anomalymap_helpers.pipeline.device import retain_freed_memory
-    from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig, ReferenceAutoencoder
 
     if retain_memory:
         retain_freed_memory()
     d = work.splits()
-    torch.manual_seed(seed)
-    device = torch.device(work.device)
-    model = ReferenceAutoencoder(ConvAutoencoder(ModelConfig(image_size=work.image_size, channels=work.channels)))
-    model = model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = DataLoader(TensorDataset(d["train"].images), batch_size=256, shuffle=True)
-    criterion = torch.nn.MSELoss()
+    loop = ReferenceLoop(d["train"].images, seed, work.device)
     rates = []
     for _ in range(epochs):
         _wait_for_turn(conn)
-        model.train()
         t0 = time.perf_counter()
-        for (batch,) in loader:
-            batch = batch.to(device)
-            optimizer.zero_grad()
-            loss = criterion(model(batch), batch)
-            loss.backward()
-            optimizer.step()
+        loop.epoch()
         rates.append(len(d["train"].images) / (time.perf_counter() - t0))
         conn.send(("epoch", rates[-1]))
     _wait_for_turn(conn)
-    model.eval()
-    with torch.no_grad():
-        val = torch.cat([model(b.to(device)).cpu() for b in d["val"].images.split(1024)])
-        val_loss = float(((val - d["val"].images) ** 2).mean())
-        recon = torch.cat([model(b.to(device)).cpu() for b in d["test"].images.split(1024)])
+    val_loss = float(((loop.apply(d["val"].images) - d["val"].images) ** 2).mean())
+    recon = loop.apply(d["test"].images)
     scores = ((recon - d["test"].images) ** 2).flatten(1).mean(1)
     return {
         "train_images_per_s": statistics.median(rates),
