@@ -77,9 +77,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("series-data")
 
 
-def run_series(out: Path, params: dict[str, object]) -> Path:
+def run_series(out: Path, params: dict[str, object], *options: str) -> Path:
     """Run the five notebooks through the runner into ``out``; the runner's output goes to ``runner.log``."""
-    args = [sys.executable, "-m", "anomalymap_helpers", "run", "--results", str(out)]
+    args = [sys.executable, "-m", "anomalymap_helpers", "run", "--results", str(out), *options]
     for name, value in params.items():
         args += ["-p", name, str(value)]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from anomalymap_helpers.tools.cli import main
 from anomalymap_helpers.tools.runner import SeriesError, run_series, series
 
 from .conftest import NAMES, ROOT, SMALL
+from .conftest import run_series as run_series_command
 
 
 def test_series_writes_every_output(run_dir: Path) -> None:
@@ -81,6 +83,52 @@ def test_nbval_reruns_the_executed_notebooks(run_dir: Path) -> None:
         env=env,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_one_kernel_for_the_series_gives_what_a_kernel_per_notebook_gives(
+    run_dir: Path, tmp_path: Path, mnist_dir: Path, data_dir: Path
+) -> None:
+    """The runner's shared kernel (cleared between notebooks) against fresh kernels, as in
+    JupyterLab: the same weights, losses, scores, metrics, per-type table and t-SNE."""
+    from safetensors.torch import load_file
+
+    params = {**SMALL, "mnist_dir": mnist_dir, "data_dir": data_dir}
+    fresh = run_series_command(tmp_path / "fresh", params, "--kernel-per-notebook")
+    for name in ["metrics.json", "reconstruction_errors.csv", "score_comparison.csv", "per_type.csv",
+                 "latent_embeddings.csv", "model.json"]:
+        assert (fresh / name).read_bytes() == (run_dir / name).read_bytes(), name
+    shared_model, fresh_model = load_file(run_dir / "model.safetensors"), load_file(fresh / "model.safetensors")
+    assert shared_model.keys() == fresh_model.keys()
+    assert all(torch.equal(shared_model[k], fresh_model[k]) for k in shared_model)
+    with open(run_dir / "training_history.csv") as a, open(fresh / "training_history.csv") as b:
+        losses = [[(r["train_loss"], r["val_loss"]) for r in csv.DictReader(fh)] for fh in (a, b)]
+    assert losses[0] == losses[1]
+
+
+def test_the_shared_kernel_is_cleared_between_notebooks(tmp_path: Path) -> None:
+    import nbformat
+
+    first, second = tmp_path / "first.ipynb", tmp_path / "second.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import matplotlib.pyplot as plt\nleft_over = 1\nfigure = plt.figure()"
+    )]), first)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import sys\nassert 'left_over' not in globals() and 'plt' not in globals()\n"
+        "assert sys.modules['matplotlib.pyplot'].get_fignums() == []"
+    ), nbformat.v4.new_code_cell("1")]), second)
+    import papermill as pm
+
+    from anomalymap_helpers.tools.kernel import SharedKernel
+
+    with SharedKernel() as shared:
+        for nb in (first, second):
+            shared.reset()
+            pm.execute_notebook(str(nb), str(nb), progress_bar=False, kernel_name="python3", **shared.engine_kwargs())
+        pid = shared.km.provisioner.pid if shared.km.provisioner else None
+        assert shared.km.is_alive()
+    assert not shared.km.has_kernel and pid is not None
+    executed = nbformat.read(second, as_version=4)
+    assert [c.execution_count for c in executed.cells if c.cell_type == "code"] == [1, 2]
 
 
 def test_runner_names_the_failing_notebook_and_the_missing_step(tmp_path: Path) -> None:

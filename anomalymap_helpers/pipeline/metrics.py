@@ -55,6 +55,8 @@ class Metrics:
     n_anomaly: int
     mean_score_normal: float
     mean_score_anomaly: float
+    recall_at_1pct_fpr: float = float("nan")
+    recall_at_5pct_fpr: float = float("nan")
 
     def as_dict(self) -> dict[str, float | int]:
         """The metrics as a plain dict (for ``metrics.json``)."""
@@ -73,8 +75,22 @@ def confusion(scores: Any, is_anomaly: Any, threshold: float) -> tuple[int, int,
     return int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & ~y).sum()), int((~pred & y).sum())
 
 
+def recall_at_fpr(scores: Any, is_anomaly: Any, fpr: float) -> float:
+    """The share of anomalies flagged when the threshold flags at most ``fpr`` of the normals.
+
+    The operating-point view of the ROC curve: with the threshold at the normals' score that
+    leaves ``floor(fpr * n_normal)`` of them above it (scores above the threshold are flagged,
+    so ties never push the rate past ``fpr``), the best recall any threshold reaches there.
+    """
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(is_anomaly, dtype=bool)
+    normals = np.sort(s[~y])[::-1]
+    allowed = int(math.floor(fpr * len(normals) + 1e-9))
+    threshold = normals[allowed] if allowed < len(normals) else -np.inf
+    return float((s[y] > threshold).mean())
+
+
 def evaluate(scores: Any, is_anomaly: Any, threshold: float) -> Metrics:
-    """ROC-AUC, average precision and the confusion at ``threshold``.
+    """ROC-AUC, average precision, the confusion at ``threshold`` and recall at 1 % and 5 % FPR.
 
     Args:
         scores: ``(N,)`` anomaly scores, higher is more anomalous.
@@ -110,6 +126,8 @@ def evaluate(scores: Any, is_anomaly: Any, threshold: float) -> Metrics:
         n_anomaly=int(y.sum()),
         mean_score_normal=float(s[~y].mean()),
         mean_score_anomaly=float(s[y].mean()),
+        recall_at_1pct_fpr=recall_at_fpr(s, y, 0.01),
+        recall_at_5pct_fpr=recall_at_fpr(s, y, 0.05),
     )
 
 

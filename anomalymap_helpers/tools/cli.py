@@ -11,7 +11,8 @@ from anomalymap_helpers.errors import AnomalyMapError
 def _run(args: argparse.Namespace) -> int:
     from anomalymap_helpers.tools.runner import read_parameters, run_series
 
-    run_series(read_parameters(args.file or [], args.param or []), args.results)
+    run_series(read_parameters(args.file or [], args.param or []), args.results,
+               kernel_per_notebook=args.kernel_per_notebook)
     return 0
 
 
@@ -134,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("-f", "--file", action="append", metavar="PARAMS.yaml", help="a YAML file of parameters")
     run.add_argument("--results", metavar="DIR", help="the run folder (default results/default)")
+    run.add_argument(
+        "--kernel-per-notebook",
+        action="store_true",
+        help="a fresh kernel for each notebook, as in JupyterLab (default: one kernel, cleared between notebooks)",
+    )
     run.set_defaults(func=_run)
     tr = sub.add_parser(
         "train",

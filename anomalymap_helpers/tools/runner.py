@@ -126,14 +126,17 @@ def run_series(
     *,
     notebooks: list[Path] | None = None,
     echo: Callable[[str], None] = lambda line: print(line, flush=True),
+    kernel_per_notebook: bool = False,
 ) -> list[NotebookRun]:
-    """Execute the notebooks in order with papermill.
+    """Execute the notebooks in order with papermill, in one kernel cleared between them.
 
     Args:
         params: Parameters by name; each goes to every notebook that takes it.
         results_dir: The run folder (default: ``params["results_dir"]``, else ``results/default``).
         notebooks: The notebooks to run (default: all of ``notebooks/``).
         echo: Where to print progress lines.
+        kernel_per_notebook: A fresh kernel for each notebook (as JupyterLab would), instead
+            of one kernel whose namespace is cleared between notebooks (see :mod:`.kernel`).
 
     Raises:
         ParameterError: unknown parameter or bad value (before anything runs).
@@ -147,50 +150,71 @@ def run_series(
             params[key] = str(resolve(params[key]))
     notebooks = notebooks or series()
     check_parameters(params, notebooks)
-    import papermill as pm  # after the checks: a refusal should not wait for its import
-    from papermill.exceptions import PapermillExecutionError
-
     files = RunFiles(results)
     before = _snapshot(results)
     files.notebooks.mkdir(parents=True, exist_ok=True)
     os.environ[HEADLESS_ENV] = "1"
     # The kernel named "python3" may be started as plain `python`: make that ours.
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    from anomalymap_helpers.tools.kernel import SharedKernel  # after the checks: a refusal should not wait for papermill
+
     runs: list[NotebookRun] = []
-    for nb in notebooks:
-        out = files.notebooks / nb.name
-        mine = {p.name: params[p.name] for p in parameters.for_notebook(nb.name[:2]) if p.name in params}
-        echo(f"{nb.name} ...")
-        stdout, stderr = NotebookEcho(nb.name[:2], echo), NotebookEcho(nb.name[:2], echo, "!")
-        t0 = time.perf_counter()
-        try:
-            pm.execute_notebook(
-                str(nb),
-                str(out),
-                parameters=mine,
-                cwd=str(project_root()),
-                progress_bar=False,
-                kernel_name="python3",
-                stdout_file=stdout,
-                stderr_file=stderr,
-                extra_arguments=KERNEL_ARGUMENTS,
-            )
-        except PapermillExecutionError as exc:
-            new, kept = changed_files(before, results)
-            raise SeriesError(
-                f"{nb.name} failed in cell {exc.exec_count} (code cell {exc.cell_index + 1}): "
-                f"{exc.ename}: {exc.evalue}\nthe executed copy with the full traceback is {out}\n"
-                f"files in {results} now from this run: {', '.join(new) or 'none'}\n"
-                f"files still from the earlier run (not in step with the new ones): {', '.join(kept) or 'none'}"
-            ) from None
-        finally:
-            stdout.close()
-            stderr.close()
-        seconds = time.perf_counter() - t0
-        runs.append(NotebookRun(nb.name, out, seconds))
-        echo(f"{nb.name} done in {seconds:.1f} s")
+    with SharedKernel() as shared:
+        for nb in notebooks:
+            if kernel_per_notebook:
+                runs.append(_execute(nb, files, params, before, echo))
+            else:  # the clearing counts in the notebook's time
+                runs.append(_execute(nb, files, params, before, echo, shared.engine_kwargs(), shared.reset))
     echo(f"series done in {sum(r.seconds for r in runs):.1f} s; results in {results}")
     return runs
+
+
+def _execute(
+    nb: Path,
+    files: RunFiles,
+    params: dict[str, Any],
+    before: dict[Path, int],
+    echo: Callable[[str], None],
+    engine: dict[str, Any] | None = None,
+    prepare: Callable[[], None] = lambda: None,
+) -> NotebookRun:
+    """Run one notebook of :func:`run_series`: ``prepare()``, then papermill with ``engine``'s arguments."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    out = files.notebooks / nb.name
+    mine = {p.name: params[p.name] for p in parameters.for_notebook(nb.name[:2]) if p.name in params}
+    echo(f"{nb.name} ...")
+    stdout, stderr = NotebookEcho(nb.name[:2], echo), NotebookEcho(nb.name[:2], echo, "!")
+    t0 = time.perf_counter()
+    try:
+        prepare()
+        pm.execute_notebook(
+            str(nb),
+            str(out),
+            parameters=mine,
+            cwd=str(project_root()),
+            progress_bar=False,
+            kernel_name="python3",
+            stdout_file=stdout,
+            stderr_file=stderr,
+            extra_arguments=KERNEL_ARGUMENTS,
+            **(engine or {}),
+        )
+    except PapermillExecutionError as exc:
+        new, kept = changed_files(before, files.root)
+        raise SeriesError(
+            f"{nb.name} failed in cell {exc.exec_count} (code cell {exc.cell_index + 1}): "
+            f"{exc.ename}: {exc.evalue}\nthe executed copy with the full traceback is {out}\n"
+            f"files in {files.root} now from this run: {', '.join(new) or 'none'}\n"
+            f"files still from the earlier run (not in step with the new ones): {', '.join(kept) or 'none'}"
+        ) from None
+    finally:
+        stdout.close()
+        stderr.close()
+    seconds = time.perf_counter() - t0
+    echo(f"{nb.name} done in {seconds:.1f} s")
+    return NotebookRun(nb.name, out, seconds)
 
 
 def read_parameters(files: list[str], pairs: list[tuple[str, str]]) -> dict[str, Any]:
