@@ -121,6 +121,18 @@ def _percentile(name: str, value: float) -> None:
     check_percentile(value)
 
 
+def _threshold_rules() -> tuple[str, ...]:
+    from anomalymap_helpers.pipeline.metrics import THRESHOLD_RULES
+
+    return THRESHOLD_RULES
+
+
+def _fpr(name: str, value: float) -> None:
+    from anomalymap_helpers.pipeline.metrics import check_fpr
+
+    check_fpr(value)
+
+
 @dataclass(frozen=True)
 class Parameter:
     """One notebook parameter.
@@ -234,6 +246,14 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
         "threshold_percentile", float, 99.0, "percentile of validation normals' scores used as the threshold",
         ("03",), "strictly between 0 and 100", _percentile,
+    ),
+    Parameter(
+        "threshold_rule", str, "percentile", "how the threshold is set: \"percentile\", \"otsu\" or \"fpr\" (see the notebook)",
+        ("03",), "`percentile`, `otsu`, `fpr`", _one_of(_threshold_rules),
+    ),
+    Parameter(
+        "target_fpr", float, 0.01, "rule \"fpr\": share of validation normals allowed above the threshold",
+        ("03",), "strictly between 0 and 1", _fpr,
     ),
     Parameter("n_heatmaps", int, 8, "triptychs saved to heatmaps/ in the run folder", ("04",), "1 or more", _positive_int),
     Parameter(

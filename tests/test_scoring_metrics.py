@@ -259,3 +259,57 @@ def test_recall_at_fpr_is_the_best_recall_of_any_threshold_within_the_rate(fpr: 
     if fpr in (0.01, 0.05):
         result = metrics.evaluate(scores, y, threshold=0.0)
         assert getattr(result, f"recall_at_{round(fpr * 100)}pct_fpr") == pytest.approx(best)
+
+
+def test_tsne_keeps_clusters_apart_and_is_seeded() -> None:
+    from anomalymap_helpers.pipeline import latent
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 10, (3, 16))
+    x = np.concatenate([c + rng.normal(0, 1, (60, 16)) for c in centres]).astype(np.float32)
+    cluster = np.repeat(np.arange(3), 60)
+    e = latent.tsne(x, seed=1)
+    assert e.shape == (180, 2)
+    d = ((e[:, None] - e[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    assert (cluster[d.argmin(1)] == cluster).all()  # every point's nearest neighbour is of its cluster
+    np.testing.assert_array_equal(latent.tsne(x, seed=1), e)
+    with pytest.raises(ParameterError, match="at least 3 points"):
+        latent.tsne(x[:2])
+
+
+def _otsu_by_brute_force(scores: np.ndarray) -> float:
+    """Try every distinct score as the threshold; between-class variance from the two groups' means."""
+    best, best_t = -1.0, None
+    for t in np.unique(scores)[:-1]:
+        low, high = scores[scores <= t], scores[scores > t]
+        w_low, w_high = len(low) / len(scores), len(high) / len(scores)
+        between = w_low * w_high * (low.mean() - high.mean()) ** 2
+        if between > best:
+            best, best_t = between, t
+    return float(best_t)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_otsu_threshold_matches_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scores = np.round(np.r_[rng.gamma(2.0, 0.05, 300), rng.normal(0.6, 0.1, 40)], 3)  # ties, two groups
+    assert metrics.otsu_threshold(scores) == pytest.approx(_otsu_by_brute_force(scores))
+    t = metrics.otsu_threshold(np.r_[np.full(50, 1.0), np.full(30, 5.0)])
+    assert t == 1.0  # two values: the cut between them
+
+
+def test_threshold_rules_use_scores_alone() -> None:
+    rng = np.random.default_rng(0)
+    val, test = rng.normal(0, 1, 2000), np.r_[rng.normal(0, 1, 900), rng.normal(6, 1, 100)]
+    assert metrics.choose_threshold("percentile", val, test, threshold_percentile=95) == pytest.approx(np.percentile(val, 95))
+    at_fpr = metrics.choose_threshold("fpr", val, test, target_fpr=0.05)
+    assert at_fpr == pytest.approx(np.percentile(val, 95)) and (val > at_fpr).mean() == pytest.approx(0.05, abs=1e-3)
+    otsu = metrics.choose_threshold("otsu", val, test)
+    assert otsu == pytest.approx(_otsu_by_brute_force(np.r_[val, test])) and 1.5 < otsu < 4.5  # between the groups
+    with pytest.raises(ParameterError, match="threshold_rule='mean'"):
+        metrics.choose_threshold("mean", val, test)
+    with pytest.raises(ParameterError, match="target_fpr=1.5"):
+        metrics.choose_threshold("fpr", val, test, target_fpr=1.5)
+    with pytest.raises(ParameterError, match="two different scores"):
+        metrics.otsu_threshold(np.ones(5))

@@ -15,6 +15,11 @@ from anomalymap_helpers.runs import storage
 __all__ = ["encode", "tsne", "write_embeddings"]
 
 
+# 250 iterations of early exaggeration and 500 more, openTSNE's default; scikit-learn's 1,000
+# cost a third more time for a KL divergence under 1 % lower on the default run's latents.
+TSNE_ITERATIONS = 750
+
+
 def tsne(latents: torch.Tensor | np.ndarray, *, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
     """A 2-D t-SNE embedding ``(N, 2)`` of ``latents`` ``(N, D)`` (scikit-learn, PCA init, seeded)."""
     from sklearn.manifold import TSNE
@@ -23,7 +28,8 @@ def tsne(latents: torch.Tensor | np.ndarray, *, seed: int = 0, perplexity: float
     if len(x) < 3:
         raise ParameterError(f"t-SNE needs at least 3 points, got {len(x)}: raise tsne_samples")
     perplexity = min(float(perplexity), (len(x) - 1) / 3)  # scikit-learn requires perplexity < n_samples
-    model = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, learning_rate="auto")
+    model = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, learning_rate="auto",
+                 max_iter=TSNE_ITERATIONS)
     return model.fit_transform(x)
 
 

@@ -36,6 +36,68 @@ def fit_threshold(val_scores: Any, threshold_percentile: float = 99.0) -> float:
     return float(np.percentile(scores, p))
 
 
+THRESHOLD_RULES = ("percentile", "otsu", "fpr")
+
+
+def check_fpr(target_fpr: float) -> float:
+    """Return the false-positive rate if it lies strictly between 0 and 1."""
+    f = target_fpr
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1 or math.isnan(f):
+        raise ParameterError(
+            f"target_fpr={f!r}: use a rate strictly between 0 and 1, e.g. 0.05 "
+            "(the share of validation normals allowed above the threshold)"
+        )
+    return float(f)
+
+
+def otsu_threshold(scores: Any) -> float:
+    """Otsu's threshold of unlabelled ``scores``: the cut that maximises the between-class variance.
+
+    Exact on the sorted scores (no histogram bins): each cut between two distinct values
+    splits them into a low and a high class, and the cut with the largest
+    ``w_low * w_high * (mean_low - mean_high)**2`` wins. The threshold is the largest
+    score of the low class, so ``score > threshold`` is the high class.
+    """
+    s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    if s.size < 2 or s[0] == s[-1]:
+        raise ParameterError("Otsu's threshold needs at least two different scores")
+    n = s.size
+    k = np.arange(1, n)  # the low class is s[:k]
+    low_sum = np.cumsum(s)[:-1]
+    mean_low, mean_high = low_sum / k, (s.sum() - low_sum) / (n - k)
+    between = (k / n) * (1 - k / n) * (mean_low - mean_high) ** 2
+    between[s[:-1] == s[1:]] = -1.0  # a cut inside a run of equal scores is no cut
+    return float(s[int(np.argmax(between))])
+
+
+def choose_threshold(
+    rule: str,
+    val_scores: Any,
+    test_scores: Any = None,
+    *,
+    threshold_percentile: float = 99.0,
+    target_fpr: float = 0.01,
+) -> float:
+    """The threshold of ``rule``, from scores alone (never a test label).
+
+    - ``percentile``: the ``threshold_percentile``-th percentile of the validation normals;
+    - ``fpr``: the score that leaves ``target_fpr`` of the validation normals above it
+      (the ``100 * (1 - target_fpr)``-th percentile);
+    - ``otsu``: :func:`otsu_threshold` of the validation normals' and the test images'
+      scores together, unlabelled, as a user without labels would have them.
+    """
+    if rule == "percentile":
+        return fit_threshold(val_scores, threshold_percentile)
+    if rule == "fpr":
+        return fit_threshold(val_scores, 100 * (1 - check_fpr(target_fpr)))
+    if rule == "otsu":
+        parts = [np.asarray(val_scores, dtype=np.float64).ravel()]
+        if test_scores is not None:
+            parts.append(np.asarray(test_scores, dtype=np.float64).ravel())
+        return otsu_threshold(np.concatenate(parts))
+    raise ParameterError(f"threshold_rule={rule!r}: use one of {list(THRESHOLD_RULES)}")
+
+
 @dataclass(frozen=True)
 class Metrics:
     """Detection quality on a test set; anomalies are the positive class."""

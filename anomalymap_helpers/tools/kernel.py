@@ -13,7 +13,15 @@ as JupyterLab and nbval do, and the tests check that both give the same results.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
+
+# nbformat validates notebooks with jsonschema, whose format checkers import rfc3987_syntax,
+# which builds some 35 Lark parsers on import: about 2 s of every `run`, for the "iri"
+# string format that no notebook schema uses (python-jsonschema/jsonschema#1428). Where
+# jsonschema is not loaded yet, this process goes without that one checker.
+if "jsonschema" not in sys.modules:
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
 
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine, papermill_engines
@@ -56,9 +64,11 @@ class SharedKernel:
             return
         kc = self.km.client()
         kc.start_channels()
-        try:
-            kc.wait_for_ready(timeout=timeout)
-            reply = kc.execute_interactive(RESET, store_history=False, timeout=timeout, output_hook=lambda msg: None)
+        try:  # the kernel has just run a notebook: no need to wait for it to be ready
+            msg_id = kc.execute(RESET, silent=True, store_history=False)
+            reply = kc.get_shell_msg(timeout=timeout)
+            while reply["parent_header"].get("msg_id") != msg_id:
+                reply = kc.get_shell_msg(timeout=timeout)
         finally:
             kc.stop_channels()
         if reply["content"]["status"] != "ok":

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 def figure(ex: Explorer, i: int, threshold: float | None = None, scale: str | None = None) -> Figure:
     """The [input | reconstruction | anomaly map] view of image ``i`` with its verdict."""
     scale = scale or ex.scale
-    fig = plotting.NotebookFigure(figsize=(7.5, 2.7), layout="constrained")
-    axes = fig.subplots(1, 3)
+    # Fixed positions rather than a layout engine: the same view, drawn in two thirds of the time.
+    fig = plotting.NotebookFigure(figsize=(7.5, 2.7))
+    axes = fig.subplots(1, 3, gridspec_kw={"left": 0.01, "right": 0.875, "bottom": 0.03, "top": 0.85, "wspace": 0.04})
     art = plotting.triptych_axes(
         axes,
         ex.images[i],
@@ -35,7 +36,8 @@ def figure(ex: Explorer, i: int, threshold: float | None = None, scale: str | No
         vmax=ex.global_max if scale == "global" else None,
         mask=ex.mask(i),
     )
-    fig.colorbar(art, ax=axes[2], fraction=0.046, pad=0.04, label=f"|x - x̂| ({scale} scale)")
+    cax = fig.add_axes((0.89, 0.06, 0.015, 0.76))
+    fig.colorbar(art, cax=cax, label=f"|x - x̂| ({scale} scale)")
     fig.suptitle(ex.caption(i, threshold), fontsize=9)
     return fig
 
