@@ -131,3 +131,29 @@ def test_colour_images_with_masks_show_the_defect_outline(tmp_path: Path) -> Non
     assert ex.subsets()["class:2"] == "only scratch" and ex.positions("class:2").tolist() == [2]
     ex.controls()["subset"].value = "class:1"
     assert ex.current() == 3
+
+
+def test_switching_the_threshold_rule_moves_the_line_and_the_confusion() -> None:
+    from anomalymap_helpers.pipeline import metrics
+
+    torch.manual_seed(0)
+    scored = scoring.score(ConvAutoencoder(), torch.rand(40, 1, 28, 28))
+    labels = torch.tensor([0, 1, 2, 9] * 10)
+    val = np.random.default_rng(0).choice(scored.scores.numpy(), 30)  # stand-in validation normals
+    rules = {r: metrics.choose_threshold(r, val, scored.scores.numpy(), threshold_percentile=90, target_fpr=0.2)
+             for r in metrics.THRESHOLD_RULES}
+    assert len(set(rules.values())) == 3
+    ex = Explorer(scored, labels, labels == 9, threshold=rules["percentile"], rules=rules)
+    c = ex.controls()
+    assert c["rule"].value == "percentile" and c["threshold"].value == pytest.approx(rules["percentile"])
+    histogram = c["histogram"].value
+    assert histogram[:4] == b"\x89PNG"  # drawn once, with every rule's line
+    for rule in ("otsu", "fpr"):
+        c["rule"].value = rule
+        assert c["threshold"].value == pytest.approx(rules[rule]) and ex.threshold == pytest.approx(rules[rule])
+        tp, fp, tn, fn = metrics.confusion(scored.scores.numpy(), (labels == 9).numpy(), rules[rule])
+        assert f"<td>{tn:,}</td><td>{fp:,}</td>" in c["confusion"].value
+        assert f"<td>{fn:,}</td><td>{tp:,}</td>" in c["confusion"].value
+    assert c["histogram"].value == histogram
+    c["threshold"].value = (rules["otsu"] + rules["fpr"]) / 2 + 1e-4  # moved by hand: no rule
+    assert c["rule"].value is None and ex.rule_at() is None

@@ -186,6 +186,9 @@ def test_run_opens_a_trained_run(run_dir: Path, data_dir: Path) -> None:
     assert run.evaluation["score"] == "latent-knn"
     explorer = run.explorer()
     assert explorer.threshold == run.evaluation["threshold"]
+    # The rules' thresholds from the scores 03 wrote; 03's own rule (percentile) gives its threshold.
+    assert set(explorer.rules) == {"percentile", "otsu", "fpr"}
+    assert explorer.rules["percentile"] == pytest.approx(run.evaluation["threshold"]) and explorer.rule_at() == "percentile"
 
 
 def test_run_without_a_model_names_notebook_02(tmp_path: Path, mnist_dir: Path, data_dir: Path) -> None:

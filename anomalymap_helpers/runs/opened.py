@@ -150,4 +150,25 @@ class Run:
             class_names=test.class_names,
             masks=test.masks,
             names=names,
+            rules=self.threshold_rules(),
         )
+
+    def threshold_rules(self) -> dict[str, float]:
+        """Where each threshold rule puts the line for notebook 03's score (its settings, scores alone).
+
+        ``percentile`` and ``fpr`` from the validation normals' scores, ``otsu`` from those and
+        the test scores together (see :func:`~anomalymap_helpers.pipeline.metrics.choose_threshold`).
+        """
+        from anomalymap_helpers.errors import ParameterError
+        from anomalymap_helpers.pipeline import metrics, scoring
+
+        ev = self.evaluation
+        _, val = scoring.read_scores(self.files.require(self.files.scores, "03_evaluation"), "val")
+        settings = {"threshold_percentile": ev.get("threshold_percentile", 99.0), "target_fpr": ev.get("target_fpr", 0.01)}
+        rules = {}
+        for rule in metrics.THRESHOLD_RULES:
+            try:
+                rules[rule] = metrics.choose_threshold(rule, val.numpy(), self.test_scores.numpy(), **settings)
+            except ParameterError:  # e.g. Otsu on scores that are all equal
+                continue
+        return rules

@@ -1,4 +1,4 @@
-"""The command line: ``python -m anomalymap_helpers run|train|export|time-to-detector|schedule-curve|params|example-folder|benchmark|speed|explorer-latency ...``."""
+"""The command line: ``python -m anomalymap_helpers run|train|export|time-to-detector|schedule-curve|precision-report|params|example-folder|benchmark|speed|explorer-latency ...``."""
 
 from __future__ import annotations
 
@@ -50,6 +50,13 @@ def _time_to_detector(args: argparse.Namespace) -> int:
     from anomalymap_helpers.tools.time_to_detector import run_time_to_detector
 
     run_time_to_detector(args.results, read_parameters([], args.param or []), args.out)
+    return 0
+
+
+def _precision_report(args: argparse.Namespace) -> int:
+    from anomalymap_helpers.tools.precision import run_precision_report
+
+    run_precision_report(args.results, args.precision, args.out, mnist_dir=args.mnist_dir, device=args.device)
     return 0
 
 
@@ -221,6 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     curve.add_argument("--figure", default=None, metavar="PNG", help="where the plot goes (default <out>/schedule_curve.png)")
     curve.add_argument("--mnist-dir", default=None)
     curve.set_defaults(func=_schedule_curve)
+    prec = sub.add_parser(
+        "precision-report", help="the run's scores in fp32 against mixed precision (bf16/fp16) on the same weights"
+    )
+    prec.add_argument("--results", default="results/default", metavar="DIR", help="a run folder made by notebooks 01-03")
+    prec.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16"],
+                      help="the mixed precision (auto: this device's; bf16 is emulated on CPUs without it)")
+    prec.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    prec.add_argument("--out", default=None, metavar="DIR", help="where precision_report.json goes (default --results)")
+    prec.add_argument("--mnist-dir", default=None)
+    prec.set_defaults(func=_precision_report)
     lat = sub.add_parser("explorer-latency", help="milliseconds from a slider move to the redrawn explorer view")
     lat.add_argument("--results", default="results/default", metavar="DIR", help="a run folder made by notebooks 01-03")
     lat.add_argument("--moves", type=int, default=40)

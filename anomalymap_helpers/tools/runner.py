@@ -156,7 +156,8 @@ def run_series(
     os.environ[HEADLESS_ENV] = "1"
     # The kernel named "python3" may be started as plain `python`: make that ours.
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    from anomalymap_helpers.tools.kernel import SharedKernel  # after the checks: a refusal should not wait for papermill
+    # After the checks: a refusal should not wait for papermill's import.
+    from anomalymap_helpers.tools.kernel import SharedKernel
 
     runs: list[NotebookRun] = []
     with SharedKernel() as shared:

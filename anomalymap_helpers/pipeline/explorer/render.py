@@ -49,6 +49,43 @@ def png(ex: Explorer, i: int, threshold: float | None = None, scale: str | None 
     return buf.getvalue()
 
 
+def histogram(ex: Explorer, threshold: float | None = None) -> Figure:
+    """The test scores of normals and anomalies, each rule's threshold (dashed) and ``threshold``
+    (default: the explorer's, at first notebook 03's)."""
+    t = ex.threshold if threshold is None else threshold
+    s = ex.scores
+    log = bool((s > 0).all()) and s.max() > s.min()
+    edges = np.geomspace(s.min(), s.max(), 61) if log else np.linspace(s.min(), s.max() + 1e-12, 61)
+    fig = plotting.NotebookFigure(figsize=(7.5, 2.5))
+    ax = fig.add_axes((0.08, 0.2, 0.9, 0.64))
+    for kind, where, color in (("normal", ~ex.is_anomaly, plotting.NORMAL_COLOR),
+                               ("anomaly", ex.is_anomaly, plotting.ANOMALY_COLOR)):
+        if where.any():
+            ax.hist(s[where], bins=edges, density=True, histtype="step", color=color, label=f"{kind} (test)")
+    if log:
+        ax.set_xscale("log")
+    by_value: dict[float, list[str]] = {}
+    for name, value in ex.rules.items():
+        by_value.setdefault(value, []).append(name)
+    for value, names in by_value.items():
+        ax.axvline(value, color="0.45", ls=(0, (3, 2)), lw=1)
+        ax.annotate(" = ".join(names), (value, 0.97), xycoords=("data", "axes fraction"), rotation=90,
+                    va="top", ha="right", fontsize=7, color="0.3")
+    ax.axvline(t, color="k", lw=1.5, label=f"{'threshold' if threshold is not None else 'the run threshold'} {t:.4g}")
+    ax.set_xlabel(f"{ex.score_name} score", fontsize=8)
+    ax.set_ylabel("density", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    return fig
+
+
+def histogram_png(ex: Explorer, threshold: float | None = None) -> bytes:
+    """The view of :func:`histogram` as PNG bytes."""
+    buf = io.BytesIO()
+    histogram(ex, threshold).savefig(buf, format="png", dpi=90)
+    return buf.getvalue()
+
+
 def thumbnails(ex: Explorer, positions: np.ndarray, zoom: int = 3) -> bytes:
     """A PNG strip of the given images, each framed red (anomaly) or blue (normal).
 

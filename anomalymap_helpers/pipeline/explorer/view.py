@@ -38,6 +38,9 @@ class Explorer:
         class_names: The name of each label (e.g. ``"digit 9"``, ``"scratch"``).
         masks: ``(N, 1, H, W)`` defect masks, outlined over the map; None where there are none.
         names: ``(N,)`` file names, shown in titles where the images have them.
+        rules: The threshold of each threshold rule by name (e.g. ``{"percentile": ...,
+            "otsu": ...}``, see :func:`~anomalymap_helpers.pipeline.metrics.choose_threshold`):
+            the widget switches between them and marks them on the histogram.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class Explorer:
         class_names: Any = None,
         masks: Any = None,
         names: Any = None,
+        rules: dict[str, float] | None = None,
     ) -> None:
         if scale not in plotting.SCALES:
             raise ParameterError(f"heatmap_scale={scale!r}: use one of {list(plotting.SCALES)}")
@@ -68,6 +72,7 @@ class Explorer:
         self.class_names = tuple(class_names) if class_names is not None else None
         self.names = tuple(names) if names else None
         self.threshold = float(threshold)
+        self.rules = {name: float(t) for name, t in (rules or {}).items()}
         self.scale = scale
         self.global_max = float(self.maps.max()) if self.maps.size else 1.0
         self.score_name = score_name
@@ -99,6 +104,11 @@ class Explorer:
         """The position (in the test set) of the image shown."""
         pos = self.positions()
         return int(pos[min(self.position, len(pos) - 1)])
+
+    def rule_at(self, threshold: float | None = None) -> str | None:
+        """The first rule whose threshold is ``threshold`` (default: the current one), else None."""
+        t = self.threshold if threshold is None else threshold
+        return next((name for name, value in self.rules.items() if math.isclose(value, t, rel_tol=1e-9)), None)
 
     def verdict(self, i: int, threshold: float | None = None) -> str:
         """``"anomaly"`` if image ``i``'s score is above the threshold, else ``"normal"``."""
@@ -180,6 +190,10 @@ class Explorer:
     def png(self, i: int | None = None, threshold: float | None = None, scale: str | None = None) -> bytes:
         """The view of :meth:`figure` as PNG bytes."""
         return render.png(self, self.current() if i is None else i, threshold, scale)
+
+    def histogram_png(self, threshold: float | None = None) -> bytes:
+        """The test scores' histogram with each rule's threshold and the current one, as PNG bytes."""
+        return render.histogram_png(self, threshold)
 
     def save_samples(self, folder: str | Path, n: int = 8, *, seed: int = 0) -> list[Path]:
         """Save ``n`` sampled views under ``folder`` (see :func:`.render.save_samples`)."""

@@ -64,8 +64,8 @@ class ExplorerWidgets:
     """The controls of one explorer and their handlers.
 
     Attributes:
-        controls: The widgets by name (``subset``, ``image``, ``threshold``, ``scale``,
-            ``view``, ``status``, ``confusion``, ``gallery``, ``strip``, ``picks``).
+        controls: The widgets by name (``subset``, ``image``, ``threshold``, ``rule``, ``scale``,
+            ``view``, ``status``, ``histogram``, ``confusion``, ``gallery``, ``strip``, ``picks``).
         box: The whole explorer, ready to display.
     """
 
@@ -78,9 +78,11 @@ class ExplorerWidgets:
             "subset": w.Dropdown(options=[(v, k) for k, v in ex.subsets().items()], value=ex.subset, description="show"),
             "image": w.IntSlider(0, 0, len(ex.positions()) - 1, description="image"),
             "threshold": threshold_slider(ex.scores, ex.threshold),
+            "rule": w.ToggleButtons(options=list(ex.rules), value=ex.rule_at(), description="rule"),
             "scale": w.ToggleButtons(options=list(plotting.SCALES), value=ex.scale, description="colour scale"),
             "view": w.Image(format="png"),
             "status": w.HTML(),
+            "histogram": w.Image(format="png"),
             "confusion": w.HTML(),
             "gallery": w.Dropdown(options=[(v, k) for k, v in GALLERIES.items()], value="top", description="gallery"),
             "strip": w.Image(format="png"),
@@ -93,8 +95,12 @@ class ExplorerWidgets:
         c["image"].observe(self.redraw, names="value")
         c["scale"].observe(self.redraw, names="value")
         c["threshold"].observe(self.on_threshold, names="value")
+        c["rule"].observe(self.on_rule, names="value")
         c["gallery"].observe(self.regallery, names="value")
         c["picks"].observe(self.open_pick, names="value")
+        # Drawn once, with the rules' lines and 03's threshold: redrawn on every threshold change,
+        # it made thresholds typed into the slider's readout land wrong in the browser test.
+        c["histogram"].value = render.histogram_png(ex)
         self.redraw()
         self.recount()
         self.regallery()
@@ -102,8 +108,10 @@ class ExplorerWidgets:
             [
                 w.HBox([c["subset"], c["image"]]),
                 w.HBox([c["threshold"], c["scale"]]),
+                *([c["rule"]] if self.ex.rules else []),
                 c["status"],
                 c["view"],
+                c["histogram"],
                 w.HBox([c["confusion"]]),
                 c["gallery"],
                 c["strip"],
@@ -126,8 +134,17 @@ class ExplorerWidgets:
         )
 
     def recount(self, *_: Any) -> None:
-        """The confusion matrix at the slider's threshold."""
-        self.controls["confusion"].value = confusion_html(self.ex.confusion(self.controls["threshold"].value))
+        """The confusion matrix at the slider's threshold; the rule that sets it, if any."""
+        c, t = self.controls, self.controls["threshold"].value
+        c["confusion"].value = confusion_html(self.ex.confusion(t))
+        c["rule"].unobserve(self.on_rule, names="value")
+        c["rule"].value = self.ex.rule_at(t)
+        c["rule"].observe(self.on_rule, names="value")
+
+    def on_rule(self, change: Any) -> None:
+        """Put the threshold where the chosen rule sets it (the slider's handler redraws the rest)."""
+        if change["new"] is not None:
+            self.controls["threshold"].value = self.ex.rules[change["new"]]
 
     def regallery(self, *_: Any) -> None:
         """The gallery strip and its buttons at the slider's threshold."""
