@@ -157,3 +157,19 @@ def test_switching_the_threshold_rule_moves_the_line_and_the_confusion() -> None
     assert c["histogram"].value == histogram
     c["threshold"].value = (rules["otsu"] + rules["fpr"]) / 2 + 1e-4  # moved by hand: no rule
     assert c["rule"].value is None and ex.rule_at() is None
+
+
+def test_score_histogram_draws_each_kind_as_its_own_density() -> None:
+    from anomalymap_helpers.pipeline import plotting
+
+    rng = np.random.default_rng(0)
+    s = np.r_[rng.gamma(2, 0.02, 900), rng.gamma(5, 0.03, 100)]
+    y = np.r_[np.zeros(900, bool), np.ones(100, bool)]
+    ax = plotting.score_histogram(s, y, 0.1).axes[0]
+    assert ax.get_xscale() == "log"
+    edges = np.geomspace(s.min(), s.max(), 61)
+    for patch, where in zip(ax.patches, (~y, y), strict=True):
+        heights = patch.get_xy()[:, 1]
+        density, _ = np.histogram(s[where], bins=edges, density=True)
+        np.testing.assert_allclose(np.unique(heights[heights > 0]), np.unique(density[density > 0]), rtol=1e-9)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["normal", "anomaly", "threshold 0.1"]

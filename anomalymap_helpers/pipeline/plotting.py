@@ -102,31 +102,25 @@ def loss_curves(history: Sequence[dict[str, float]]) -> Figure:
 
 
 def score_histogram(scores: Any, is_anomaly: Any, threshold: float | None = None, *, log: bool = True) -> Figure:
-    """Histogram of anomaly scores of normal vs anomalous images (seaborn)."""
-    import pandas as pd
-    import seaborn as sns
+    """Histogram of anomaly scores of normal vs anomalous images, each kind a density of its own.
 
+    Drawn with matplotlib alone (60 bins, log-spaced where ``log`` and every score is positive):
+    seaborn's ``histplot`` draws the same and costs the notebook a second to import.
+    """
     s, y = np.asarray(scores, dtype=float), np.asarray(is_anomaly, dtype=bool)
-    frame = pd.DataFrame({"score": s, "image": np.where(y, "anomaly", "normal")})
+    log = log and bool((s > 0).all()) and s.max() > s.min()
+    edges = np.geomspace(s.min(), s.max(), 61) if log else np.linspace(s.min(), s.max() + 1e-12, 61)
     fig = NotebookFigure(figsize=(7, 3.8))
     ax = fig.add_subplot()
-    sns.histplot(
-        frame,
-        x="score",
-        hue="image",
-        hue_order=["normal", "anomaly"],
-        stat="density",
-        common_norm=False,
-        bins=60,
-        log_scale=log and bool((s > 0).all()),
-        element="step",
-        palette=[NORMAL_COLOR, ANOMALY_COLOR],
-        ax=ax,
-    )
+    for kind, where, color in (("normal", ~y, NORMAL_COLOR), ("anomaly", y, ANOMALY_COLOR)):
+        if where.any():
+            ax.hist(s[where], bins=edges, density=True, histtype="step", color=color, lw=1.2, label=kind)
+    if log:
+        ax.set_xscale("log")
     if threshold is not None:
         ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.4g}")
-        ax.text(threshold, ax.get_ylim()[1] * 0.95, " threshold", va="top", fontsize=8)
-    ax.set(title="Anomaly scores on the test set", xlabel="anomaly score")
+    ax.legend(title="image", fontsize=8)
+    ax.set(title="Anomaly scores on the test set", xlabel="anomaly score", ylabel="density")
     return fig
 
 
