@@ -14,10 +14,14 @@ from anomalymap_helpers.tools.time_to_detector import run_time_to_detector
 def test_time_to_detector_times_both_on_one_split(
     small_series: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    report = run_time_to_detector(str(tmp_path / "run"), small_series)
+    report = run_time_to_detector(str(tmp_path / "run"), small_series, repeats=2)
     saved = json.loads((tmp_path / "run" / "time_to_detector.json").read_text())
     assert saved["ratio"] == pytest.approx(saved["series_seconds"] / saved["reference"]["seconds"])
-    assert sum(saved["notebook_seconds"].values()) <= saved["series_seconds"]
+    rounds = saved["repeats"]  # two rounds, in turn; the table's figures are their medians
+    assert len(rounds) == 2 and all(r["ratio"] == pytest.approx(r["series_seconds"] / r["reference_seconds"]) for r in rounds)
+    assert saved["series_seconds"] == pytest.approx(sum(r["series_seconds"] for r in rounds) / 2)
+    assert saved["reference"]["seconds"] == pytest.approx(sum(r["reference_seconds"] for r in rounds) / 2)
+    assert all(sum(r["notebook_seconds"].values()) <= r["series_seconds"] for r in rounds)
     assert len(saved["notebook_seconds"]) == 5
     ref = report["reference"]
     assert ref["epochs"] == 5 and ref["train_images"] == 9000  # the split notebook 01 wrote
@@ -25,3 +29,4 @@ def test_time_to_detector_times_both_on_one_split(
     assert saved["series_roc_auc"] == storage.read_json(tmp_path / "run" / "metrics.json")["roc_auc"]
     out = capsys.readouterr().out
     assert "| CPU | " in out and "| ratio (series / reference training) | 1.00 | " in out
+    assert "| seconds (median of 2) |" in out and "(each round: " in out

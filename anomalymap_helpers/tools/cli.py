@@ -49,7 +49,7 @@ def _time_to_detector(args: argparse.Namespace) -> int:
     from anomalymap_helpers.tools.runner import read_parameters
     from anomalymap_helpers.tools.time_to_detector import run_time_to_detector
 
-    run_time_to_detector(args.results, read_parameters([], args.param or []), args.out)
+    run_time_to_detector(args.results, read_parameters([], args.param or []), args.out, repeats=args.repeats)
     return 0
 
 
@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ttd.add_argument("--results", default="results/time-to-detector", metavar="DIR", help="the series' run folder")
     ttd.add_argument("--out", default=None, metavar="DIR", help="where time_to_detector.json goes (default --results)")
+    ttd.add_argument("--repeats", type=int, default=1,
+                     help="rounds of series then reference; the table gives medians (a shared machine drifts)")
     ttd.add_argument(
         "-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), help="a series parameter (default: none)"
     )

@@ -58,27 +58,53 @@ def reference_training(splits: dict[str, Any], epochs: int = REFERENCE_EPOCHS, s
 
 
 def run_time_to_detector(
-    results: str = "results/time-to-detector", params: dict[str, Any] | None = None, out: str | None = None
+    results: str = "results/time-to-detector",
+    params: dict[str, Any] | None = None,
+    out: str | None = None,
+    repeats: int = 1,
 ) -> dict[str, Any]:
-    """Measure both, print the table, write ``time_to_detector.json`` (into ``out``, default ``results``)."""
+    """Measure both (``repeats`` times, in turn), print the table, write ``time_to_detector.json``.
+
+    With ``repeats`` > 1 the series and the reference loop alternate, and the table gives
+    the medians and the ratio of the medians (a shared machine's speed drifts by tens of
+    percent within minutes; alternating exposes both to the same drift). ``out`` defaults
+    to ``results``.
+    """
+    import statistics
+
+    from anomalymap_helpers.errors import ParameterError
     from anomalymap_helpers.pipeline import data
     from anomalymap_helpers.runs.paths import RunFiles
     from anomalymap_helpers.tools.runner import run_series
     from anomalymap_helpers.tools.speed.harness import cpu_info
 
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ParameterError(f"repeats={repeats!r}: use a whole number of at least 1")
     params = dict(params or {})
     results_dir = resolve(results)
-    print("1/2 AnomalyMap's series" + (f" with {params}" if params else " at its defaults") + " ...", flush=True)
-    t0 = time.perf_counter()
-    runs = run_series(params, results_dir, echo=lambda line: None)
-    series_s = time.perf_counter() - t0
-    print(f"    {series_s:.1f} s", flush=True)
-    print(f"2/2 the original loop, {REFERENCE_EPOCHS} epochs on the same split ...", flush=True)
-    splits, manifest = data.load_splits(
-        RunFiles.at(results_dir), data_dir=params.get("data_dir", "data"), mnist_dir=params.get("mnist_dir") or None
-    )
-    reference = reference_training(splits, seed=manifest["config"]["seed"])
-    print(f"    {reference['seconds']:.1f} s", flush=True)
+    rounds = []
+    for r in range(repeats):
+        tag = f"[{r + 1}/{repeats}] " if repeats > 1 else ""
+        print(f"{tag}1/2 AnomalyMap's series" + (f" with {params}" if params else " at its defaults") + " ...", flush=True)
+        t0 = time.perf_counter()
+        runs = run_series(params, results_dir, echo=lambda line: None)
+        series_s = time.perf_counter() - t0
+        print(f"    {series_s:.1f} s", flush=True)
+        print(f"{tag}2/2 the original loop, {REFERENCE_EPOCHS} epochs on the same split ...", flush=True)
+        splits, manifest = data.load_splits(
+            RunFiles.at(results_dir), data_dir=params.get("data_dir", "data"), mnist_dir=params.get("mnist_dir") or None
+        )
+        reference = reference_training(splits, seed=manifest["config"]["seed"])
+        print(f"    {reference['seconds']:.1f} s", flush=True)
+        rounds.append({
+            "series_seconds": series_s,
+            "reference_seconds": reference["seconds"],
+            "ratio": series_s / reference["seconds"],
+            "notebook_seconds": {run.name: run.seconds for run in runs},
+        })
+    median = statistics.median
+    reference["seconds"] = median(r["reference_seconds"] for r in rounds)
+    series_s = median(r["series_seconds"] for r in rounds)
     evaluation = storage.read_json(results_dir / "metrics.json")
     model = storage.read_json(results_dir / "model.json")
     report = {
@@ -86,12 +112,13 @@ def run_time_to_detector(
         "torch": torch.__version__,
         "reference": reference,
         "series_seconds": series_s,
-        "notebook_seconds": {r.name: r.seconds for r in runs},
+        "notebook_seconds": {name: median(r["notebook_seconds"][name] for r in rounds) for name in rounds[0]["notebook_seconds"]},
         "series_epochs": model["train"]["epochs"],
         "series_val_loss": model["final_val_loss"],
         "series_score": evaluation["score"],
         "series_roc_auc": evaluation["roc_auc"],
         "ratio": series_s / reference["seconds"],
+        "repeats": rounds,
         "params": params,
     }
     path = storage.write_json(Path(out and resolve(out) or results_dir) / "time_to_detector.json", report)
@@ -105,11 +132,14 @@ def format_table(r: dict[str, Any]) -> str:
     flags = ", ".join(f"{name} {'yes' if cpu.get(name) else 'no'}" for name in ("avx512", "bf16", "amx"))
     ref = r["reference"]
     notebooks = " · ".join(f"{name[:2]} {s:.1f} s" for name, s in r["notebook_seconds"].items())
+    rounds = r.get("repeats", [])
+    each = f" (each round: {', '.join(format(x['ratio'], '.2f') for x in rounds)})" if len(rounds) > 1 else ""
     rows = [
         ("CPU", f"{cpu['model']}, {cpu['cores']} cores ({flags})", ""),
         ("what is timed", f"training alone, {ref['epochs']} epochs", f"the five notebooks ({r['series_epochs']} epochs)"),
-        ("seconds", f"{ref['seconds']:.1f}", f"{r['series_seconds']:.1f} ({notebooks})"),
-        ("ratio (series / reference training)", "1.00", f"{r['ratio']:.2f}"),
+        ("seconds" + (f" (median of {len(r['repeats'])})" if len(r.get("repeats", [])) > 1 else ""),
+         f"{ref['seconds']:.1f}", f"{r['series_seconds']:.1f} ({notebooks})"),
+        ("ratio (series / reference training)", "1.00", f"{r['ratio']:.2f}{each}"),
         ("validation MSE", f"{ref['val_loss']:.5f}", f"{r['series_val_loss']:.5f}"),
         ("ROC-AUC, latent-knn (the default score)", f"{ref['roc_auc_default']:.3f}", f"{r['series_roc_auc']:.3f} ({r['series_score']})"),
         ("ROC-AUC, per-image MSE (the original score)", f"{ref['roc_auc_mse']:.3f}", ""),
