@@ -67,6 +67,8 @@ def test_every_parameter_has_a_notebook_and_a_valid_default() -> None:
         ("dataset", "cifar", "dataset='cifar': use one of ['mnist', 'fashion-mnist', 'folder']"),
         ("map_blur", -0.5, "map_blur=-0.5: use -1 (automatic), 0 (none) or a number above 0"),
         ("nproc", 4096, "nproc=4096: this machine has"),
+        ("threshold_rule", "mean", "threshold_rule='mean': use one of ['percentile', 'otsu', 'fpr']"),
+        ("target_fpr", 1.5, "target_fpr=1.5: use a number strictly between 0 and 1"),
     ],
 )
 def test_bad_value_refused_before_any_work(

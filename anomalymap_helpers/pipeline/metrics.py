@@ -12,15 +12,17 @@ import numpy as np
 from anomalymap_helpers.errors import ParameterError
 
 
+def _strictly_between(name: str, value: Any, low: float, high: float, advice: str) -> float:
+    """``value`` as a float if it is a number strictly between ``low`` and ``high``, else say what to use."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not low < value < high:
+        raise ParameterError(f"{name}={value!r}: use a number strictly between {low:g} and {high:g}, {advice}")
+    return float(value)
+
+
 def check_percentile(threshold_percentile: float) -> float:
     """Return the percentile if it lies strictly between 0 and 100."""
-    p = threshold_percentile
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 100 or math.isnan(p):
-        raise ParameterError(
-            f"threshold_percentile={p!r}: use a number strictly between 0 and 100, e.g. 99 "
-            "(the share of validation normals that fall below the threshold)"
-        )
-    return float(p)
+    return _strictly_between("threshold_percentile", threshold_percentile, 0, 100,
+                             "e.g. 99 (the share of validation normals that fall below the threshold)")
 
 
 def fit_threshold(val_scores: Any, threshold_percentile: float = 99.0) -> float:
@@ -41,13 +43,8 @@ THRESHOLD_RULES = ("percentile", "otsu", "fpr")
 
 def check_fpr(target_fpr: float) -> float:
     """Return the false-positive rate if it lies strictly between 0 and 1."""
-    f = target_fpr
-    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1 or math.isnan(f):
-        raise ParameterError(
-            f"target_fpr={f!r}: use a rate strictly between 0 and 1, e.g. 0.05 "
-            "(the share of validation normals allowed above the threshold)"
-        )
-    return float(f)
+    return _strictly_between("target_fpr", target_fpr, 0, 1,
+                             "e.g. 0.05 (the share of validation normals allowed above the threshold)")
 
 
 def otsu_threshold(scores: Any) -> float:
