@@ -313,3 +313,16 @@ def test_threshold_rules_use_scores_alone() -> None:
         metrics.choose_threshold("fpr", val, test, target_fpr=1.5)
     with pytest.raises(ParameterError, match="two different scores"):
         metrics.otsu_threshold(np.ones(5))
+
+
+def test_comparison_puts_the_runs_score_first_and_keeps_the_order_given() -> None:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(80, bool), np.ones(20, bool)]
+    scores = {"mse": rng.random(100), "topk": rng.random(100) + y, "latent-knn": rng.random(100) + 0.2 * y}
+    rows = metrics.compare(scores, y, first="latent-knn")
+    assert [r["method"] for r in rows] == ["latent-knn", "mse", "topk"]  # topk scores best, and stays last
+    for r in rows:
+        assert r["roc_auc"] == pytest.approx(roc_auc_score(y, scores[r["method"]]))
+        assert r["average_precision"] == pytest.approx(average_precision_score(y, scores[r["method"]]))

@@ -278,18 +278,19 @@ def aupro(maps: Any, masks: Any, max_fpr: float = 0.3) -> float:
     return float(np.trapezoid(y, x) / max_fpr)
 
 
-def compare(scores: dict[str, Any], is_anomaly: Any) -> list[dict[str, float | str]]:
-    """ROC-AUC and average precision of each named score, best ROC-AUC first."""
+def compare(scores: dict[str, Any], is_anomaly: Any, first: str | None = None) -> list[dict[str, float | str]]:
+    """ROC-AUC and average precision of each named score: ``first`` (the run's score) on top,
+    then the others in the order given, never ordered by the test results."""
     y = np.asarray(is_anomaly, dtype=bool)
-    rows = [
+    names = ([first] if first in scores else []) + [n for n in scores if n != first]
+    return [
         {
             "method": name,
-            "roc_auc": float(roc_auc_score(y, np.asarray(s))),
-            "average_precision": float(average_precision_score(y, np.asarray(s))),
+            "roc_auc": float(roc_auc_score(y, np.asarray(scores[name]))),
+            "average_precision": float(average_precision_score(y, np.asarray(scores[name]))),
         }
-        for name, s in scores.items()
+        for name in names
     ]
-    return sorted(rows, key=lambda r: -r["roc_auc"])
 
 
 def roc_auc_score(y: Any, s: Any) -> float:
