@@ -101,22 +101,28 @@ def loss_curves(history: Sequence[dict[str, float]]) -> Figure:
     return fig
 
 
-def score_histogram(scores: Any, is_anomaly: Any, threshold: float | None = None, *, log: bool = True) -> Figure:
-    """Histogram of anomaly scores of normal vs anomalous images, each kind a density of its own.
+def score_steps(ax: Any, scores: Any, is_anomaly: Any, *, log: bool = True, suffix: str = "") -> None:
+    """Draw the scores of normal and anomalous images on ``ax``, each kind a density of its own.
 
-    Drawn with matplotlib alone (60 bins, log-spaced where ``log`` and every score is positive):
-    seaborn's ``histplot`` draws the same and costs the notebook a second to import.
+    60 bins, log-spaced (and a log axis) where ``log`` and every score is positive; matplotlib
+    alone: seaborn's ``histplot`` draws the same and costs a notebook a second to import.
+    ``suffix`` follows each kind's label (e.g. ``" (test)"``).
     """
     s, y = np.asarray(scores, dtype=float), np.asarray(is_anomaly, dtype=bool)
     log = log and bool((s > 0).all()) and s.max() > s.min()
     edges = np.geomspace(s.min(), s.max(), 61) if log else np.linspace(s.min(), s.max() + 1e-12, 61)
-    fig = NotebookFigure(figsize=(7, 3.8))
-    ax = fig.add_subplot()
     for kind, where, color in (("normal", ~y, NORMAL_COLOR), ("anomaly", y, ANOMALY_COLOR)):
         if where.any():
-            ax.hist(s[where], bins=edges, density=True, histtype="step", color=color, lw=1.2, label=kind)
+            ax.hist(s[where], bins=edges, density=True, histtype="step", color=color, lw=1.2, label=kind + suffix)
     if log:
         ax.set_xscale("log")
+
+
+def score_histogram(scores: Any, is_anomaly: Any, threshold: float | None = None, *, log: bool = True) -> Figure:
+    """Histogram of anomaly scores of normal vs anomalous images (:func:`score_steps`) and the threshold."""
+    fig = NotebookFigure(figsize=(7, 3.8))
+    ax = fig.add_subplot()
+    score_steps(ax, scores, is_anomaly, log=log)
     if threshold is not None:
         ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.4g}")
     ax.legend(title="image", fontsize=8)

@@ -53,17 +53,9 @@ def histogram(ex: Explorer, threshold: float | None = None) -> Figure:
     """The test scores of normals and anomalies, each rule's threshold (dashed) and ``threshold``
     (default: the explorer's, at first notebook 03's)."""
     t = ex.threshold if threshold is None else threshold
-    s = ex.scores
-    log = bool((s > 0).all()) and s.max() > s.min()
-    edges = np.geomspace(s.min(), s.max(), 61) if log else np.linspace(s.min(), s.max() + 1e-12, 61)
     fig = plotting.NotebookFigure(figsize=(7.5, 2.5))
     ax = fig.add_axes((0.08, 0.2, 0.9, 0.64))
-    for kind, where, color in (("normal", ~ex.is_anomaly, plotting.NORMAL_COLOR),
-                               ("anomaly", ex.is_anomaly, plotting.ANOMALY_COLOR)):
-        if where.any():
-            ax.hist(s[where], bins=edges, density=True, histtype="step", color=color, label=f"{kind} (test)")
-    if log:
-        ax.set_xscale("log")
+    plotting.score_steps(ax, ex.scores, ex.is_anomaly, suffix=" (test)")
     by_value: dict[float, list[str]] = {}
     for name, value in ex.rules.items():
         by_value.setdefault(value, []).append(name)
