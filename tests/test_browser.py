@@ -111,12 +111,15 @@ def test_explorer_renders_and_responds_in_jupyterlab(lab: tuple[str, Path], tmp_
 def test_screenshot_shows_the_explorer_alone_without_pop_ups(run_dir: Path, mnist_dir: Path, tmp_path: Path) -> None:
     """The README's picture command on the smoke run: the widget alone, no notification over it
     (the command refuses to save one with a toast on the page)."""
+    import shutil
+
     from PIL import Image
 
     from anomalymap_helpers.tools.cli import main
 
+    run = shutil.copytree(run_dir, tmp_path / "run")  # notebook 04 runs on it and rewrites heatmaps/
     out = tmp_path / "explorer.png"
-    assert main(["screenshot", "--results", str(run_dir), "--mnist-dir", str(mnist_dir), "--out", str(out)]) == 0
+    assert main(["screenshot", "--results", str(run), "--mnist-dir", str(mnist_dir), "--out", str(out)]) == 0
     with Image.open(out) as image:
         width, height = image.size
         assert 600 < width < 1400 and height > 600  # the widget, not the whole 1400x1800 page

@@ -4,7 +4,8 @@
 starts JupyterLab on a loopback port with a token, in a scratch folder holding a copy of
 notebook 04 whose parameters point at the run folder, opens it in Debian's Chromium through
 Playwright (no browser download), runs every cell and saves a picture of the explorer widget
-alone, atomically. JupyterLab's news and update prompts are switched off in a settings folder
+alone, atomically (notebook 04 runs on the run folder as it would in JupyterLab, so its
+``heatmaps/`` are written again). JupyterLab's news and update prompts are switched off in a settings folder
 of its own, so no pop-up lies over the page. :func:`jupyterlab` and :func:`notebook_copy` are
 what the browser test drives too.
 """
