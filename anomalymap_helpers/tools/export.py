@@ -271,12 +271,15 @@ def check_export(path: str | os.PathLike[str], run: Any, batch_size: int = 512) 
             times.append(time.perf_counter() - t0)
         rates[name] = (len(x) / statistics.median(times), out)
     (o_maps, o_scores), (t_maps, t_scores) = rates["onnxruntime"][1], rates["pytorch"][1]
+    from anomalymap_helpers.tools.precision import compare_scores
+
     threshold = float(meta["threshold"])
+    scores = compare_scores(t_scores.numpy(), o_scores, threshold)
     return {
         "images": len(x),
-        "score_diff": float(np.abs(o_scores - t_scores.numpy()).max()),
+        "score_diff": scores["largest_difference"],
         "map_diff": float(np.abs(o_maps - t_maps.numpy()).max()),
-        "verdict_flips": int(((o_scores > threshold) != (t_scores.numpy() > threshold)).sum()),
+        "verdict_flips": scores["verdict_flips"],
         "threshold": threshold,
         "onnxruntime_images_per_s": rates["onnxruntime"][0],
         "pytorch_images_per_s": rates["pytorch"][0],
