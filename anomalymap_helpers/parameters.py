@@ -104,9 +104,15 @@ def _device(name: str, value: str) -> None:
 
 
 def _score_methods() -> tuple[str, ...]:
-    from anomalymap_helpers.pipeline.scoring import METHODS
+    from anomalymap_helpers.pipeline.scoring import METHODS, VAE_METHODS
 
-    return ("auto", *METHODS)
+    return ("auto", *METHODS, *VAE_METHODS)
+
+
+def _models() -> tuple[str, ...]:
+    from anomalymap_helpers.pipeline.model import MODELS
+
+    return tuple(MODELS)
 
 
 def _scales() -> tuple[str, ...]:
@@ -220,6 +226,13 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("lr", float, 0.001, "Adam learning rate", ("02",), "above 0", _positive),
     Parameter("latent_dim", int, 64, "size of the bottleneck vector", ("02",), "1 or more", _positive_int),
     Parameter(
+        "model", str, "ae", "\"ae\": autoencoder; \"vae\": variational autoencoder (Gaussian bottleneck, KL term)",
+        ("02",), "`ae`, `vae`", _one_of(_models),
+    ),
+    Parameter(
+        "beta", float, 1.0, "model \"vae\": weight of the KL term in the training loss", ("02",), "above 0", _positive,
+    ),
+    Parameter(
         "device", str, "auto", "\"auto\" (CUDA if available), \"cpu\", \"cuda\" or \"cuda:N\"",
         ("02", "03", "04", "05"), "`auto`, `cpu`, `cuda`, `cuda:N` (a GPU this machine has)", _device,
     ),
@@ -237,7 +250,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     Parameter(
         "score_method", str, "auto", "per-image score; auto: latent-knn for MNIST/Fashion, topk (on the map) for folders",
-        ("03",), "`auto`, `mse`, `topk`, `ssim`, `latent-knn`, `ensemble`", _one_of(_score_methods),
+        ("03",), "`auto`, `mse`, `topk`, `ssim`, `latent-knn`, `ensemble`; `elbo` with model vae", _one_of(_score_methods),
     ),
     Parameter(
         "map_blur", float, -1.0, "Gaussian blur (sigma, pixels) of the anomaly maps; -1: 0 for MNIST/Fashion, size/32 for folders",

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 ARCHITECTURE = "conv-ae-v1"
+VAE_ARCHITECTURE = "conv-vae-v1"
+# The ``model`` parameter's values and the layer layout each names.
+MODELS = {"ae": ARCHITECTURE, "vae": VAE_ARCHITECTURE}
+MODEL_NAMES = {ARCHITECTURE: "autoencoder", VAE_ARCHITECTURE: "variational autoencoder"}
 MAX_GRID = 8  # the bottleneck grid's largest side: the model halves the image until it is this small
 
 
@@ -59,6 +63,27 @@ class ModelConfig:
     image_size: int = 28
     channels: int = 1
     architecture: str = ARCHITECTURE
+
+    @property
+    def model(self) -> str:
+        """``"ae"`` or ``"vae"``: the ``model`` parameter that builds this architecture."""
+        return next((k for k, v in MODELS.items() if v == self.architecture), self.architecture)
+
+
+def check_model(model: str) -> str:
+    """Return ``model`` if it is ``"ae"`` or ``"vae"``, else say which are."""
+    from anomalymap_helpers.errors import ParameterError
+
+    if model not in MODELS:
+        raise ParameterError(f"model={model!r}: use \"ae\" (autoencoder) or \"vae\" (variational autoencoder)")
+    return model
+
+
+def build_model(config: ModelConfig) -> ConvAutoencoder:
+    """The module of ``config.architecture``: :class:`ConvAutoencoder` or :class:`ConvVAE`."""
+    if config.architecture == VAE_ARCHITECTURE:
+        return ConvVAE(config)
+    return ConvAutoencoder(config)
 
 
 class ConvAutoencoder(nn.Module):
@@ -136,13 +161,7 @@ class ConvAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Map images ``(B, C, H, W)`` in [0, 1] to latents ``(B, latent_dim)``."""
-        h = self.down(self.encoder[:6](x))  # (B, 64, g, g), channels_last
-        fc = self.encoder[7]
-        g = self._grid
-        # Flatten in the NHWC order the memory already has; permute the weight's columns
-        # from the original (c, h, w) order to (h, w, c) to match.
-        w = fc.weight.view(-1, 64, g * g).transpose(1, 2).reshape(fc.weight.shape)
-        return F.linear(h.permute(0, 2, 3, 1).reshape(len(h), -1), w, fc.bias)
+        return self._nhwc_linear(self.encoder[7], self._features(x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Map latents ``(B, latent_dim)`` to images ``(B, C, H, W)`` in [0, 1]."""
@@ -167,9 +186,59 @@ class ConvAutoencoder(nn.Module):
         w = out.weight.flip(2, 3).transpose(0, 1).contiguous(memory_format=torch.channels_last)
         return torch.sigmoid(F.conv_transpose2d(h, w, out.bias, padding=1))
 
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's last feature map, flattened in NHWC order ``(B, 64 * g * g)``."""
+        h = self.down(self.encoder[:6](x))  # (B, 64, g, g), channels_last
+        return h.permute(0, 2, 3, 1).reshape(len(h), -1)
+
+    def _nhwc_linear(self, fc: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+        # Flatten in the NHWC order the memory already has; permute the weight's columns
+        # from the original (c, h, w) order to (h, w, c) to match.
+        g = self._grid
+        w = fc.weight.view(-1, 64, g * g).transpose(1, 2).reshape(fc.weight.shape)
+        return F.linear(h, w, fc.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruct images ``(B, C, H, W)``; same shape out."""
         return self.decode(self.encode(x))
+
+
+class ConvVAE(ConvAutoencoder):
+    """The variational autoencoder: the same encoder and decoder, a Gaussian bottleneck.
+
+    The encoder's last Linear gives the mean ``mu`` of q(z|x) (``encoder.7``, as in the
+    autoencoder) and a second Linear of the same shape its log-variance (``encoder_logvar``).
+    Training decodes a sample ``z = mu + exp(logvar / 2) * noise`` and adds
+    ``beta * KL(q(z|x) || N(0, I))`` to the reconstruction error (``train.training_step``), so
+    the latent codes are pulled towards one smooth, standard-normal cloud. Scoring, the
+    latents and :meth:`forward` without noise use ``mu``: deterministic, like the autoencoder.
+    """
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        config = replace(config or ModelConfig(), architecture=VAE_ARCHITECTURE)
+        super().__init__(config)
+        self.encoder_logvar = nn.Linear(64 * self._grid * self._grid, config.latent_dim)
+
+    def encode_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, logvar)`` of q(z|x), each ``(B, latent_dim)``."""
+        h = self._features(x)
+        return self._nhwc_linear(self.encoder[7], h), self._nhwc_linear(self.encoder_logvar, h)
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Without ``noise``: the reconstruction of ``mu``. With ``noise`` ``(B, latent_dim)``
+        (standard normal): ``(reconstruction of the sample, mu, logvar)`` for the training loss."""
+        if noise is None:
+            return self.decode(self.encode(x))
+        mu, logvar = self.encode_stats(x)
+        return self.decode(mu + torch.exp(0.5 * logvar) * noise.to(mu.dtype)), mu, logvar
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """``KL(N(mu, exp(logvar)) || N(0, I))`` per row, in nats; ``(B,)`` float32."""
+    mu, logvar = mu.float(), logvar.float()
+    return 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1)
 
 
 class ReferenceAutoencoder(nn.Module):

@@ -14,7 +14,12 @@ a defect is a region, not a single pixel). Per-image scores (higher = more anoma
   ``k`` nearest *training normals'* latents;
 - ``ensemble``: ``latent-knn`` (what the image is) and ``ssim`` (how its
   structure is rebuilt), each standardised by the mean and spread of its
-  scores on the validation normals, then averaged.
+  scores on the validation normals, then averaged;
+- ``elbo`` (``model="vae"`` only): the negative evidence lower bound per pixel,
+  ``(sum of squared errors + KL(q(z|x) || N(0, I))) / pixels``, with the
+  reconstruction of the mean code (one deterministic pass, no sampling) and the
+  KL weight 1 whatever ``beta`` trained with: the bound on ``-log p(x)`` (up to a
+  constant) that the VAE's likelihood view scores by.
 
 Everything a score is fitted on (the kNN reference set, the standardisation)
 comes from the normal training and validation images, never the test labels.
@@ -33,7 +38,7 @@ import torch.nn.functional as F
 
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.pipeline.device import Precision, inference_precision, retain_freed_memory
-from anomalymap_helpers.pipeline.model import ConvAutoencoder
+from anomalymap_helpers.pipeline.model import ConvAutoencoder, ConvVAE, kl_divergence
 from anomalymap_helpers.runs import storage
 
 
@@ -53,8 +58,23 @@ def infer(
     unless ``precision`` is given, and returns float32 tensors on the CPU.
 
     Returns:
-        ``(reconstructions (N, C, H, W) or None, latents (N, latent_dim))``.
+        ``(reconstructions (N, C, H, W) or None, latents (N, latent_dim))``; a VAE's latents
+        are the means of q(z|x).
     """
+    out, latents, _ = _infer(model, images, batch_size=batch_size, precision=precision, decode=decode)
+    return out, latents
+
+
+@torch.inference_mode()
+def _infer(
+    model: ConvAutoencoder,
+    images: torch.Tensor,
+    *,
+    batch_size: int = 512,
+    precision: Precision | None = None,
+    decode: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """:func:`infer`, plus each image's KL divergence ``(N,)`` where ``model`` is a VAE (else None)."""
     device = next(model.parameters()).device
     precision = precision or inference_precision(device)
     if device.type == "cpu":
@@ -62,14 +82,20 @@ def infer(
     model.eval()
     out = torch.empty(images.shape, dtype=torch.float32) if decode else None
     latents = torch.empty(len(images), model.config.latent_dim, dtype=torch.float32)
+    variational = isinstance(model, ConvVAE)
+    kl = torch.empty(len(images), dtype=torch.float32) if variational else None
     for i in range(0, len(images), batch_size):
         batch = images[i : i + batch_size].to(device).contiguous(memory_format=torch.channels_last)
         with precision.autocast():
-            z = model.encode(batch)
+            if variational:
+                z, logvar = model.encode_stats(batch)
+                kl[i : i + batch_size] = kl_divergence(z, logvar).cpu()
+            else:
+                z = model.encode(batch)
             if out is not None:
                 out[i : i + batch_size] = model.decode(z).float().cpu()
         latents[i : i + batch_size] = z.float().cpu()
-    return out, latents
+    return out, latents, kl
 
 
 def reconstruct(
@@ -141,6 +167,7 @@ class Scored:
         maps: ``(N, 1, H, W)`` anomaly maps (see :func:`anomaly_maps`).
         scores: ``(N,)`` per-image MSE.
         latents: ``(N, latent_dim)`` encoder outputs.
+        kl: ``(N,)`` KL divergence of q(z|x) from the prior, for a VAE; else None.
     """
 
     images: torch.Tensor
@@ -148,6 +175,7 @@ class Scored:
     maps: torch.Tensor
     scores: torch.Tensor
     latents: torch.Tensor
+    kl: torch.Tensor | None = None
 
 
 def score(
@@ -162,22 +190,36 @@ def score(
 
     ``precision`` as in :func:`infer` (default: mixed where the device has it natively).
     """
-    recon, latents = infer(model, images, batch_size=batch_size, precision=precision)
-    return Scored(images, recon, anomaly_maps(images, recon, blur), mse_scores(images, recon), latents)
+    recon, latents, kl = _infer(model, images, batch_size=batch_size, precision=precision)
+    return Scored(images, recon, anomaly_maps(images, recon, blur), mse_scores(images, recon), latents, kl)
 
 
-METHODS = ("mse", "topk", "ssim", "latent-knn", "ensemble")
+METHODS = ("mse", "topk", "ssim", "latent-knn", "ensemble")  # every model's
+VAE_METHODS = ("elbo",)  # the variational autoencoder's own
 DEFAULT_METHOD = "latent-knn"
 ENSEMBLE = ("latent-knn", "ssim")
 
 
-def check_method(method: str, dataset: str = "mnist") -> str:
-    """Return ``method`` (``"auto"`` resolved for ``dataset``) if it is known, else say which are."""
+def check_method(method: str, dataset: str = "mnist", model: str | None = None) -> str:
+    """Return ``method`` (``"auto"`` resolved for ``dataset``) if it is known, else say which are.
+
+    With ``model`` (``"ae"`` or ``"vae"``), ``elbo`` is refused for an autoencoder.
+    """
     if method == "auto":
         return default_method(dataset)
-    if method not in METHODS:
-        raise ParameterError(f"score_method={method!r}: use one of {['auto', *METHODS]}")
+    if method not in METHODS + VAE_METHODS:
+        raise ParameterError(f"score_method={method!r}: use one of {['auto', *METHODS, *VAE_METHODS]}")
+    if method in VAE_METHODS and model == "ae":
+        raise ParameterError(
+            f"score_method={method!r} is the variational autoencoder's negative ELBO, and this run's model is an "
+            f"autoencoder: train with -p model vae in 02, or use one of {['auto', *METHODS]}"
+        )
     return method
+
+
+def elbo_scores(images: torch.Tensor, reconstructions: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+    """The negative ELBO per pixel ``(sum of squared errors + kl) / pixels``; shape ``(N,)``."""
+    return ((images - reconstructions).pow(2).flatten(1).sum(1) + kl) / images[0].numel()
 
 
 def topk_scores(maps: torch.Tensor, k: int = 10) -> torch.Tensor:
@@ -274,12 +316,15 @@ class Scorer:
         self.val_scores = self._with_ensemble(base)
 
     def _base(self, scored: Scored) -> dict[str, torch.Tensor]:
-        return {
+        base = {
             "mse": scored.scores,
             "topk": topk_scores(scored.maps, self.topk),
             "ssim": ssim_scores(scored.images, scored.reconstructions),
             "latent-knn": knn_distances(self.reference, scored.latents, self.k),
         }
+        if scored.kl is not None:
+            base["elbo"] = elbo_scores(scored.images, scored.reconstructions, scored.kl)
+        return base
 
     def _with_ensemble(self, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         ensemble = torch.stack([(base[m] - mu) / sd for m, (mu, sd) in self.stats.items()]).mean(0)

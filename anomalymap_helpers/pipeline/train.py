@@ -24,7 +24,14 @@ import torch.nn.functional as F
 from anomalymap_helpers.errors import ParameterError, TrainingError
 from anomalymap_helpers.pipeline import distributed
 from anomalymap_helpers.pipeline.device import Precision, resolve_device, resolve_precision, retain_freed_memory
-from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
+from anomalymap_helpers.pipeline.model import (
+    MODELS,
+    ConvAutoencoder,
+    ModelConfig,
+    build_model,
+    check_model,
+    kl_divergence,
+)
 from anomalymap_helpers.pipeline.progress import Clock, headless, progress_bar
 from anomalymap_helpers.runs import checkpoint, storage
 from anomalymap_helpers.runs.paths import RunFiles
@@ -80,6 +87,9 @@ class TrainConfig:
         lr_schedule: ``"constant"`` (``lr`` throughout) or ``"cosine"`` (a linear
             warm-up over the first ``WARMUP`` of the steps to ``lr``, then a cosine
             decay to 0 at the last step; see :func:`learning_rate`).
+        model: ``"ae"`` (:class:`~anomalymap_helpers.pipeline.model.ConvAutoencoder`) or
+            ``"vae"`` (:class:`~anomalymap_helpers.pipeline.model.ConvVAE`).
+        beta: The VAE's weight of the KL term (see :func:`training_step`); unused by ``"ae"``.
     """
 
     epochs: int = 5
@@ -90,6 +100,8 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     lr_schedule: str = "constant"
+    model: str = "ae"
+    beta: float = 1.0
 
     def __post_init__(self) -> None:
         check_positive("epochs", self.epochs)
@@ -100,6 +112,8 @@ class TrainConfig:
             raise ParameterError(f"seed={self.seed!r}: use a whole number of 0 or more")
         if not isinstance(self.amp, bool):
             raise ParameterError(f"amp={self.amp!r}: use True or False")
+        check_model(self.model)
+        check_positive("beta", self.beta, float)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ParameterError(f"lr_schedule={self.lr_schedule!r}: use one of {list(LR_SCHEDULES)}")
 
@@ -194,8 +208,15 @@ def training_step(
     precision: Precision,
     global_batch: int | None = None,
     counts: bool = True,
+    noise: torch.Tensor | None = None,
+    beta: float = 1.0,
 ) -> float:
     """One optimizer step on ``batch``; return its loss. A non-finite loss takes no step.
+
+    The loss is the mean squared error per pixel. For a VAE (``noise`` given: standard
+    normal draws, one row per image) it is the negative ELBO per pixel with the KL term
+    weighted by ``beta``: ``(sum of squared errors + beta * KL) / pixels``, averaged over the
+    images (a Gaussian decoder of variance 1/2, so ``beta = 1`` is the ELBO up to a constant).
 
     Under DistributedDataParallel ``batch`` is this process's share of a global batch of
     ``global_batch`` images: the loss is scaled so that DDP's average of the gradients over
@@ -206,13 +227,22 @@ def training_step(
     with a weight of 0.
     """
     with precision.autocast():
-        out = model(batch)
+        out = model(batch) if noise is None else model(batch, noise)
+    kl = None
+    if noise is not None:
+        out, mu, logvar = out
+        kl = kl_divergence(mu, logvar).sum()
     size = distributed.world().size
     if size == 1:
         loss = F.mse_loss(out.float(), batch)
+        if kl is not None:
+            loss = loss + beta * kl / batch.numel()
         value = loss.item()
     else:
-        squared = F.mse_loss(out.float(), batch, reduction="sum") * (1.0 if counts else 0.0)
+        squared = F.mse_loss(out.float(), batch, reduction="sum")
+        if kl is not None:
+            squared = squared + beta * kl
+        squared = squared * (1.0 if counts else 0.0)
         elements = (global_batch or len(batch)) * batch[0].numel()
         loss = squared * (size / elements)
         value = distributed.all_sum(squared).item() / elements
@@ -243,7 +273,7 @@ def mean_loss(model: ConvAutoencoder, images: torch.Tensor, precision: Precision
 
 
 # Settings that must match a checkpoint to resume from it (epochs may grow; the device may change).
-RESUME_KEYS = ("batch_size", "lr", "latent_dim", "seed", "amp", "lr_schedule")
+RESUME_KEYS = ("batch_size", "lr", "latent_dim", "seed", "amp", "lr_schedule", "model", "beta")
 
 
 def fingerprint(images: torch.Tensor) -> str:
@@ -275,7 +305,7 @@ def check_resume(files: RunFiles, config: TrainConfig, data_sha256: str | None =
     meta = checkpoint.read_metadata(files.training_state, "training state")
     saved, done = meta.get("train_config", {}), int(meta.get("epoch", 0))
     asked = asdict(config)
-    old = {"lr_schedule": "constant"}  # checkpoints from before the setting existed
+    old = {"lr_schedule": "constant", "model": "ae", "beta": 1.0}  # checkpoints from before these settings
     problems = [
         f"{k}: checkpoint {saved.get(k, old.get(k))!r}, now {asked[k]!r}"
         for k in RESUME_KEYS
@@ -346,7 +376,7 @@ def train(
         retain_freed_memory()
     torch.manual_seed(config.seed)
     _, channels, size, _ = train_images.shape
-    model = ConvAutoencoder(ModelConfig(config.latent_dim, size, channels))
+    model = build_model(ModelConfig(config.latent_dim, size, channels, MODELS[config.model]))
     model = model.to(device, memory_format=torch.channels_last)
     net: torch.nn.Module = model
     if w.size > 1:
@@ -390,6 +420,8 @@ def train(
                 model.train()
                 gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
                 perm = torch.randperm(n, generator=gen).to(device)
+                # The VAE's draws, from their own seeded stream: resuming after an epoch repeats them.
+                noise_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch + 500_009)
                 total = 0.0
                 step_bar = progress_bar(steps, f"epoch {epoch + 1}", leave=False, disable=not progress or plain)
                 for step in range(steps):
@@ -399,7 +431,14 @@ def train(
                     chosen = perm[step * bs : (step + 1) * bs]
                     share = chosen[w.rank :: w.size]  # this process's share of the global batch
                     batch = x_train[share if len(share) else chosen[:1]]
-                    value = training_step(net, optimizer, scaler, batch, precision, len(chosen), len(share) > 0)
+                    noise = None
+                    if config.model == "vae":  # drawn for the global batch, so any nproc draws the same
+                        draws = torch.randn(len(chosen), config.latent_dim, generator=noise_gen)
+                        noise = draws[w.rank :: w.size] if len(share) else draws[:1]
+                        noise = noise.to(device)
+                    value = training_step(
+                        net, optimizer, scaler, batch, precision, len(chosen), len(share) > 0, noise, config.beta
+                    )
                     if not math.isfinite(value):
                         raise TrainingError(
                             f"the training loss became {value} at epoch {epoch + 1}, step {step + 1}: "

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from anomalymap_helpers.errors import CheckpointError
-from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
+from anomalymap_helpers.pipeline.model import MODEL_NAMES, MODELS, ConvAutoencoder, ModelConfig, build_model
 from anomalymap_helpers.runs import storage
 
 FORMAT = "anomalymap/1"
@@ -77,7 +77,26 @@ def _describe(config: ModelConfig) -> str:
     return f"{config.architecture} with latent_dim={config.latent_dim}, {config.channels}x{config.image_size}x{config.image_size} images"
 
 
+def _kind(architecture: str) -> str:
+    model = ModelConfig(architecture=architecture).model
+    name = MODEL_NAMES.get(architecture, architecture)
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name} (model={model!r})"
+
+
+def _check_architecture(config: ModelConfig, architecture: str, path: Path) -> None:
+    """Refuse a checkpoint of the other model (an autoencoder loaded as a VAE, or the reverse)."""
+    if config.architecture != architecture:
+        wanted = ModelConfig(architecture=architecture).model
+        raise CheckpointError(
+            f"{path} holds {_kind(config.architecture)}, but this run asks for {_kind(architecture)}: "
+            f"give model={config.model!r} to use the checkpoint, or train a new {wanted!r} model with "
+            "02_training (resume=False)"
+        )
+
+
 def _check_expected(config: ModelConfig, expected: ModelConfig | None, path: Path) -> None:
+    if expected is not None:
+        _check_architecture(config, expected.architecture, path)
     if expected is not None and config != expected:
         raise CheckpointError(
             f"{path} holds a {_describe(config)}, but this run asks for a {_describe(expected)}: "
@@ -86,7 +105,7 @@ def _check_expected(config: ModelConfig, expected: ModelConfig | None, path: Pat
 
 
 def _build(config: ModelConfig, state: dict[str, torch.Tensor], path: Path) -> ConvAutoencoder:
-    model = ConvAutoencoder(config)
+    model = build_model(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     if expected != found:
@@ -117,21 +136,28 @@ def read_metadata(path: str | os.PathLike[str], what: str = "model checkpoint") 
 
 
 def load_model(
-    path: str | os.PathLike[str], expected: ModelConfig | None = None, device: str | torch.device = "cpu"
+    path: str | os.PathLike[str],
+    expected: ModelConfig | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    model: str | None = None,
 ) -> ConvAutoencoder:
-    """Load a model saved by :func:`save_model`, in eval mode.
+    """Load a model saved by :func:`save_model`, in eval mode: a ConvAutoencoder or a ConvVAE.
 
     Args:
         path: The ``model.safetensors`` file.
         expected: If given, the checkpoint must be of this config.
         device: Where to put the model.
+        model: If given, ``"ae"`` or ``"vae"``: the checkpoint must be of that kind.
 
     Raises:
-        CheckpointError: missing, corrupt, not ours, or of another config.
+        CheckpointError: missing, corrupt, not ours, of another config or of the other model.
     """
     p = Path(path)
     metadata, state = _read(p, "model checkpoint")
     config = _config(metadata, p)
+    if model is not None:
+        _check_architecture(config, MODELS[model], p)
     _check_expected(config, expected, p)
     return _build(config, state, p).to(device).eval()
 

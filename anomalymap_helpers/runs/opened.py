@@ -117,11 +117,23 @@ class Run:
         """``"mnist"``, ``"fashion-mnist"`` or ``"folder"``."""
         return str(self.manifest.get("dataset", "mnist")).lower()
 
+    @property
+    def model_kind(self) -> str:
+        """``"ae"`` or ``"vae"``: the model notebook 02 trained (read from the checkpoint's metadata only)."""
+        from anomalymap_helpers.pipeline.model import ModelConfig
+
+        meta = checkpoint.read_metadata(self.files.require(self.files.model, "02_training"))
+        return ModelConfig(architecture=meta.get("model_config", {}).get("architecture", "conv-ae-v1")).model
+
     def score_method(self, score_method: str = "auto") -> str:
-        """The score ``score_method`` names for this run's data (``"auto"``: see :func:`scoring.default_method`)."""
+        """The score ``score_method`` names for this run's data (``"auto"``: see :func:`scoring.default_method`).
+
+        Raises:
+            ParameterError: an unknown method, or ``elbo`` for an autoencoder's run.
+        """
         from anomalymap_helpers.pipeline import scoring
 
-        return scoring.check_method(score_method, self.dataset)
+        return scoring.check_method(score_method, self.dataset, self.model_kind)
 
     def map_blur(self, map_blur: float = -1.0) -> float:
         """The maps' Gaussian sigma in pixels for this run's data (-1: see :func:`scoring.blur_sigma`)."""

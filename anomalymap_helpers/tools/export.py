@@ -120,8 +120,13 @@ def detector_for(run: Any, *, uint8: bool = True) -> tuple[Detector, dict[str, s
         MissingInputError: notebook 02 or 03 has not run in the run folder.
     """
     evaluation = run.evaluation  # 03's metrics.json: threshold, score, map_blur
-    model = run.model.cpu()
     method = evaluation.get("score", "mse")
+    if method in scoring.VAE_METHODS:
+        raise ParameterError(
+            f"export writes the detector of the scores {list(scoring.METHODS)}; this run's score is {method!r} "
+            "(the VAE's negative ELBO): rerun 03_evaluation with another score_method, then export"
+        )
+    model = run.model.cpu()
     blur = float(evaluation.get("map_blur", 0.0))
     reference = stats = None
     if method in ("latent-knn", "ensemble"):

@@ -40,7 +40,8 @@ def config_for(values: Mapping[str, Any], n_train: int) -> train.TrainConfig:
     """The :class:`~anomalymap_helpers.pipeline.train.TrainConfig` notebook 02 builds from its parameters."""
     epochs, batch_size = train.schedule_for(n_train, values["epochs"], values["batch_size"])
     return train.TrainConfig(
-        epochs, batch_size, values["lr"], values["latent_dim"], values["seed"], values["device"], values["amp"]
+        epochs, batch_size, values["lr"], values["latent_dim"], values["seed"], values["device"], values["amp"],
+        model=values["model"], beta=values["beta"],
     )
 
 
@@ -71,7 +72,8 @@ def train_run(params: Mapping[str, Any], results_dir: str | None = None) -> trai
                 report.record(
                     files, "02_training", seed=config.seed, device=str(result.device),
                     precision=result.precision.name, epochs=config.epochs, batch_size=config.batch_size,
-                    lr=config.lr, latent_dim=config.latent_dim, processes=world.size,
+                    lr=config.lr, latent_dim=config.latent_dim, model=config.model, beta=config.beta,
+                    processes=world.size,
                 )
         except Exception as exc:
             if world.size > 1:  # torchrun ends the others; say which rank failed and why
