@@ -124,3 +124,91 @@ def test_screenshot_shows_the_explorer_alone_without_pop_ups(run_dir: Path, mnis
         width, height = image.size
         assert 600 < width < 1400 and height > 600  # the widget, not the whole 1400x1800 page
         assert len(image.getcolors(1 << 20) or []) > 50  # drawn images, not a blank box
+
+
+def test_latent_map_click_opens_the_triptych_and_the_explorer_rings_it(
+    run_dir: Path, mnist_dir: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """Notebook 05 live: a click on a point of the t-SNE map shows that image's triptych beside it and
+    opens it in the heatmap explorer, which rings it in the map; moving the explorer moves the ring.
+    The executed notebook of the series holds the static PNG of the same cell."""
+    import base64
+    import csv
+    import json
+    import shutil
+    import time
+
+    import numpy as np
+    from playwright.sync_api import expect, sync_playwright
+
+    run = shutil.copytree(run_dir, tmp_path / "run")  # notebook 05 rewrites the embeddings
+    shots = run_dir / "ui"
+    shots.mkdir(exist_ok=True)
+    home = tmp_path / "lab"
+    home.mkdir()
+    values = {"results_dir": str(run), "data_dir": str(data_dir), "mnist_dir": str(mnist_dir), "device": "cpu",
+              "tsne_samples": SMALL["tsne_samples"]}
+    notebook = notebook_copy(home, values, "05")
+
+    # The static fallback: what papermill stored for the linked cell in the series' executed copy.
+    executed = json.loads((run_dir / "notebooks" / "05_latent.ipynb").read_text())
+    bundle = next(o["data"] for c in executed["cells"] if c["cell_type"] == "code" and "LatentExplorer(" in "".join(c["source"])
+                  for o in c.get("outputs", []) if "data" in o)
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "t-SNE map" in "".join(bundle["text/plain"])
+    (shots / "linked_static_fallback.png").write_bytes(base64.b64decode(bundle["image/png"]))
+
+    with jupyterlab(home) as (url, token), sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True,
+            viewport={"width": 1400, "height": 2200},
+        )
+        page = browser.pages[0] if browser.pages else browser.new_page()
+        try:
+            open_and_run(page, f"{url}/lab/tree/{notebook.name}?token={token}")
+            points = page.locator(".anomalymap-linked .js-plotly-plot .scatterlayer .trace").first.locator("path.point")
+            expect(points.first).to_be_visible(timeout=60_000)
+            with open(run / "latent_embeddings.csv", newline="") as fh:  # written by this notebook's run
+                rows = list(csv.DictReader(fh))
+            assert points.count() == len(rows)
+            # The most isolated point, so the click cannot land on a neighbour.
+            xy = np.array([[float(r["tsne_x"]), float(r["tsne_y"])] for r in rows])
+            d = np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1)) + np.eye(len(xy)) * 1e9
+            k = int(d.min(1).argmax())
+            expected = f"test image #{rows[k]['index']}"
+            summary = page.locator(".anomalymap-linked-summary")
+            expect(summary).to_contain_text("click a point", timeout=30_000)
+            page.screenshot(path=str(shots / "linked_loaded.png"), full_page=True)
+
+            box = points.nth(k).bounding_box()
+            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.move(cx, cy)
+            t0 = time.perf_counter()
+            page.mouse.click(cx, cy)
+            expect(summary).to_contain_text(expected, timeout=30_000)
+            print(f"click to triptych: {(time.perf_counter() - t0) * 1000:.0f} ms")
+            page.wait_for_function(  # the triptych's PNG arrived and was decoded: a picture, not a broken icon
+                "() => { const i = document.querySelector('img.anomalymap-linked-triptychs');"
+                " return i && i.complete && i.naturalHeight > 100; }", timeout=15_000,
+            )
+            expect(page.locator(".anomalymap-status")).to_contain_text(expected, timeout=15_000)  # the explorer opened it
+            ring = page.locator(".anomalymap-linked .js-plotly-plot .scatterlayer .trace").nth(1).locator("path.point")
+            expect(ring).to_have_count(1, timeout=15_000)
+            r = ring.bounding_box()
+            assert abs(r["x"] + r["width"] / 2 - cx) < 3 and abs(r["y"] + r["height"] / 2 - cy) < 3
+            page.screenshot(path=str(shots / "linked_point_clicked.png"), full_page=True)
+
+            # The explorer moves on: the ring follows or, for an image not in the map, goes.
+            before = ring.get_attribute("transform")
+            _set_readout(page, "image", "0" if rows[k]["index"] != "0" else "1")
+            expect(page.locator(".anomalymap-status")).not_to_contain_text(expected, timeout=15_000)
+            page.wait_for_function(
+                "([b]) => { const t = document.querySelectorAll('.anomalymap-linked .scatterlayer .trace')[1]"
+                ".querySelectorAll('path.point'); return t.length === 0 || t[0].getAttribute('transform') !== b; }",
+                arg=[before], timeout=15_000,
+            )
+            assert page.get_by_text("Error displaying widget").count() == 0
+        except Exception:
+            page.screenshot(path=str(shots / "linked_failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()

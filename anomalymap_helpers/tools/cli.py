@@ -1,4 +1,4 @@
-"""The command line: ``python -m anomalymap_helpers run|train|export|time-to-detector|schedule-curve|precision-report|screenshot|params|example-folder|benchmark|speed|explorer-latency ...``."""
+"""The command line: ``python -m anomalymap_helpers run|train|export|time-to-detector|schedule-curve|compare-models|precision-report|screenshot|params|example-folder|benchmark|speed|explorer-latency ...``."""
 
 from __future__ import annotations
 
@@ -73,6 +73,14 @@ def _schedule_curve(args: argparse.Namespace) -> int:
 
     run_curve(args.schedule or ["5x256", "1x32"], args.seeds, args.out, every=args.every,
               mnist_dir=args.mnist_dir, figure=args.figure)
+    return 0
+
+
+def _compare_models(args: argparse.Namespace) -> int:
+    from anomalymap_helpers.tools.model_comparison import compare_models
+
+    compare_models(args.seeds, args.out, beta=args.beta, mnist_dir=args.mnist_dir, max_train=args.max_train or None,
+                   max_test=args.max_test or None)
     return 0
 
 
@@ -238,6 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     curve.add_argument("--figure", default=None, metavar="PNG", help="where the plot goes (default <out>/schedule_curve.png)")
     curve.add_argument("--mnist-dir", default=None)
     curve.set_defaults(func=_schedule_curve)
+    cmp = sub.add_parser(
+        "compare-models", help="the autoencoder against the VAE on the default split: every score, over seeds"
+    )
+    cmp.add_argument("--seeds", type=int, default=3, help="seeds of the weights (the split stays the default)")
+    cmp.add_argument("--beta", type=float, default=1.0, help="the VAE's KL weight")
+    cmp.add_argument("--out", default="results/compare-models", metavar="DIR")
+    cmp.add_argument("--mnist-dir", default=None)
+    cmp.add_argument("--max-train", type=int, default=0, help="cap on normal training images (0: all)")
+    cmp.add_argument("--max-test", type=int, default=0, help="cap on test images (0: all)")
+    cmp.set_defaults(func=_compare_models)
     prec = sub.add_parser(
         "precision-report", help="the run's scores in fp32 against mixed precision (bf16/fp16) on the same weights"
     )

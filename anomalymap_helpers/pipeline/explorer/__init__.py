@@ -1,10 +1,12 @@
-"""Step 04, the interactive heatmap explorer.
+"""Step 04, the interactive heatmap explorer, and step 05's latent map linked to it.
 
 ``view`` holds the state (image, threshold, colour scale) and what follows from it,
-``render`` draws the view and writes it to files, ``widgets`` builds the ipywidgets.
-Where no widget front end runs (papermill, nbval, GitHub) the explorer shows a PNG.
+``render`` draws the view and writes it to files, ``widgets`` builds the ipywidgets,
+``linked`` puts the t-SNE map (plotly) beside the explorer, each following the other.
+Where no widget front end runs (papermill, nbval, GitHub) both show a PNG.
 """
 
+from anomalymap_helpers.pipeline.explorer.linked import LatentExplorer
 from anomalymap_helpers.pipeline.explorer.view import Explorer
 
-__all__ = ["Explorer"]
+__all__ = ["Explorer", "LatentExplorer"]

@@ -199,6 +199,15 @@ class Explorer:
         """Save ``n`` sampled views under ``folder`` (see :func:`.render.save_samples`)."""
         return render.save_samples(self, folder, n, seed=seed)
 
+    def open(self, position: int) -> None:
+        """Show test image ``position`` (in the test split): the subset becomes "all"; the widgets follow."""
+        if not 0 <= int(position) < len(self.scores):
+            raise ParameterError(f"position={position}: use 0..{len(self.scores) - 1}, a test image")
+        if self._widgets is not None:
+            self._widgets.open(position)
+        else:
+            self.subset, self.position = "all", int(position)
+
     def controls(self) -> dict[str, Any]:
         """The explorer's widgets by name (built on first use)."""
         if self._widgets is None:

@@ -161,10 +161,13 @@ class ExplorerWidgets:
         """Open the gallery image whose button was chosen."""
         if change["new"] is None:
             return
-        target = self.shown[change["new"]]
+        self.open(self.shown[change["new"]])
+
+    def open(self, position: int) -> None:
+        """Show test image ``position`` (the subset becomes "all")."""
         if self.controls["subset"].value != "all":
             self.controls["subset"].value = "all"  # on_subset resets the slider; then jump
-        self.controls["image"].value = target
+        self.controls["image"].value = int(position)
 
     def on_subset(self, _: Any) -> None:
         self.controls["image"].max = len(self.ex.positions(self.controls["subset"].value)) - 1

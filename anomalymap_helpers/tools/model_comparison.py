@@ -1,0 +1,105 @@
+"""The autoencoder against the variational autoencoder, on the same split, over seeds.
+
+``python -m anomalymap_helpers compare-models [--seeds 3] [--beta 1.0]`` makes the default
+MNIST split (digits 0-8 normal, 9 the anomaly, split seed 0: what notebook 01 makes at its
+defaults), then for each seed trains both models with the project's loop and notebook 02's
+defaults (``epochs=0``, ``batch_size=0``: 2 epochs of 64 here; ``seed`` seeds the weights, the
+shuffling and the VAE's draws) and scores the test split with every method, fitted on normal
+images only, as notebook 03 does. It writes ``runs.csv`` (one row per model, seed and method)
+and ``summary.json``, and prints mean ± sample std (ddof=1) over the seeds.
+
+Nothing is chosen here: the table is a comparison, the default model stays ``ae``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from anomalymap_helpers.runs import storage
+from anomalymap_helpers.runs.paths import resolve
+
+MODELS = ("ae", "vae")
+SHOWN = ("latent-knn", "mse", "elbo")  # the default score, the original one, the VAE's own
+
+
+def _mean_sd(values: list[float], digits: int = 3) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def compare_models(
+    seeds: int = 3,
+    out: str = "results/compare-models",
+    *,
+    beta: float = 1.0,
+    mnist_dir: str | None = None,
+    max_train: int | None = None,
+    max_test: int | None = None,
+) -> dict[str, Any]:
+    """Train and score both models for each seed on the default split; print, write and return the summary."""
+    from anomalymap_helpers.pipeline import data, metrics, scoring, train
+    from anomalymap_helpers.tools.speed.harness import cpu_info
+
+    images = data.load_mnist(mnist_dir=mnist_dir)
+    config = data.SplitConfig(max_train=max_train, max_test=max_test)
+    splits = data.take(images, data.make_splits(images.train_labels, images.test_labels, config), config.anomaly_classes)
+    x, val, test = splits["train"].images, splits["val"].images, splits["test"]
+    epochs, batch_size = train.schedule_for(len(x))
+    rows: list[dict[str, Any]] = []
+    for seed in range(seeds):
+        for model in MODELS:
+            print(f"seed {seed}: {model} ...", flush=True)
+            cfg = train.TrainConfig(epochs, batch_size, seed=seed, model=model, beta=beta)
+            t0 = time.perf_counter()
+            result = train.train(x, val, cfg, progress=False)
+            seconds = time.perf_counter() - t0
+            scored_val = scoring.score(result.model, val)
+            scorer = scoring.Scorer(result.model, x, scored_val)
+            test_scores = scorer.all_scores(scoring.score(result.model, test.images))
+            for method, s in test_scores.items():
+                threshold = metrics.choose_threshold("percentile", scorer.val_scores[method], s)  # 03's default
+                m = metrics.evaluate(s, test.is_anomaly, threshold)
+                rows.append({
+                    "model": model, "seed": seed, "method": method, "roc_auc": m.roc_auc,
+                    "average_precision": m.average_precision, "recall_at_5pct_fpr": m.recall_at_5pct_fpr,
+                    "val_mse": result.history[-1]["val_loss"], "train_seconds": seconds,
+                })
+            knn = next(r for r in rows[::-1] if r["model"] == model and r["method"] == "latent-knn")
+            print(f"  {seconds:.1f} s, val MSE {knn['val_mse']:.5f}, latent-knn ROC-AUC {knn['roc_auc']:.3f}", flush=True)
+    folder = Path(resolve(out))
+    keys = ["model", "seed", "method", "roc_auc", "average_precision", "recall_at_5pct_fpr", "val_mse", "train_seconds"]
+    storage.write_csv(folder / "runs.csv", keys, ([r[k] for k in keys] for r in rows))
+    summary: dict[str, Any] = {
+        "cpu": cpu_info(), "torch": torch.__version__, "seeds": seeds, "beta": beta,
+        "epochs": epochs, "batch_size": batch_size, "n_train": len(x), "n_test": len(test.images), "rows": rows,
+    }
+    storage.write_json(folder / "summary.json", summary)
+    print(_table(summary))
+    return summary
+
+
+def _table(summary: dict[str, Any]) -> str:
+    rows, cpu = summary["rows"], summary["cpu"]
+    lines = [
+        f"CPU: {cpu['model']}, {cpu['cores']} cores (bf16 {'yes' if cpu['bf16'] else 'no'}); "
+        f"{summary['epochs']} epochs of {summary['batch_size']}, beta {summary['beta']}, "
+        f"mean ± sample std over {summary['seeds']} seed(s) of the weights, one split",
+        "| model | score | ROC-AUC | average precision | recall at 5 % FPR | validation MSE | training s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for model in MODELS:
+        for method in SHOWN:
+            mine = [r for r in rows if r["model"] == model and r["method"] == method]
+            if not mine:
+                continue
+            lines.append(
+                f"| {model} | {method} | {_mean_sd([r['roc_auc'] for r in mine])} | "
+                f"{_mean_sd([r['average_precision'] for r in mine])} | {_mean_sd([r['recall_at_5pct_fpr'] for r in mine])} | "
+                f"{_mean_sd([r['val_mse'] for r in mine], 5)} | {statistics.mean(r['train_seconds'] for r in mine):.1f} |"
+            )
+    return "\n".join(lines)
