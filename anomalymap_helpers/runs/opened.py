@@ -21,7 +21,7 @@ from anomalymap_helpers.runs import checkpoint, storage
 from anomalymap_helpers.runs.paths import DEFAULT_DATA_DIR, RunFiles
 
 if TYPE_CHECKING:
-    from anomalymap_helpers.pipeline.explorer import Explorer
+    from anomalymap_helpers.pipeline.explorer import Explorer, LatentExplorer
     from anomalymap_helpers.pipeline.model import ConvAutoencoder
 
 
@@ -164,6 +164,23 @@ class Run:
             names=names,
             rules=self.threshold_rules(),
         )
+
+    def latent_explorer(self, scale: str = "per-image") -> LatentExplorer:
+        """Notebook 05's t-SNE map (``latent_embeddings.csv``) linked to :meth:`explorer`."""
+        import csv
+
+        from anomalymap_helpers.pipeline.explorer import LatentExplorer
+
+        path = self.files.require(self.files.embeddings, "05_latent")
+        with open(path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r["split"] == "test"]
+        where = {int(i): k for k, i in enumerate(self.splits["test"].indices.tolist())}
+        missing = [r["index"] for r in rows if int(r["index"]) not in where]
+        if missing:
+            raise DataError(f"{path} names test images not in this run's split (e.g. {missing[0]}): run notebook 05 again")
+        positions = [where[int(r["index"])] for r in rows]
+        embedding = [[float(r["tsne_x"]), float(r["tsne_y"])] for r in rows]
+        return LatentExplorer(self.explorer(scale), positions, embedding)
 
     def threshold_rules(self) -> dict[str, float]:
         """Where each threshold rule puts the line for notebook 03's score (its settings, scores alone).

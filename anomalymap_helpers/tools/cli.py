@@ -143,6 +143,10 @@ def _latency(args: argparse.Namespace) -> int:
 
     run = Run.open(args.results, mnist_dir=args.mnist_dir)
     result = {"moves": args.moves, **measure_latency(run.explorer(), args.moves)}
+    if args.linked:
+        from anomalymap_helpers.tools.latency import measure_linked
+
+        result["linked"] = measure_linked(run.latent_explorer(), args.moves)
     print(json.dumps(result, indent=2))
     storage.write_json(run.files.root / "explorer_latency.json", result)
     return 0
@@ -274,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     lat = sub.add_parser("explorer-latency", help="milliseconds from a slider move to the redrawn explorer view")
     lat.add_argument("--results", default="results/default", metavar="DIR", help="a run folder made by notebooks 01-03")
     lat.add_argument("--moves", type=int, default=40)
+    lat.add_argument("--linked", action="store_true",
+                     help="also time notebook 05's linked map (plotly) against drawing it with ipympl (a run made by 01-05)")
     lat.add_argument("--mnist-dir", default=None)
     lat.set_defaults(func=_latency)
     args = parser.parse_args(argv)
