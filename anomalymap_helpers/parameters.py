@@ -91,6 +91,18 @@ def _image_dir(name: str, value: str) -> None:
         folder.scan(value)  # the layout and the pairing of masks; 01 reads the images
 
 
+def _compare_run(name: str, value: str) -> None:
+    if value:
+        from anomalymap_helpers.runs.paths import RunFiles
+
+        files = RunFiles.at(value)
+        if not files.comparison.is_file():
+            raise ParameterError(
+                f"{name}={value!r}: no {files.comparison.name} there; give a run folder that 03_evaluation has "
+                "scored (e.g. one made by the series with -p model vae), or \"\""
+            )
+
+
 def _datasets() -> tuple[str, ...]:
     from anomalymap_helpers.pipeline.data import DATASETS
 
@@ -255,6 +267,10 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
         "map_blur", float, -1.0, "Gaussian blur (sigma, pixels) of the anomaly maps; -1: 0 for MNIST/Fashion, size/32 for folders",
         ("03",), "-1 (by data set), 0 (none) or above", _auto_or_not_negative,
+    ),
+    Parameter(
+        "compare_run", str, "", "another run folder on the same split (e.g. with model vae): scores side by side",
+        ("03",), "\"\" or a run folder scored by 03 on the same split", _compare_run,
     ),
     Parameter(
         "threshold_percentile", float, 99.0, "percentile of validation normals' scores used as the threshold",

@@ -154,9 +154,11 @@ def test_elbo_is_refused_for_an_autoencoder_with_what_to_do() -> None:
         train.TrainConfig(model="vae", beta=0.0)
 
 
-def test_the_series_with_a_vae(tmp_path: Path, small_series) -> None:
-    """``-p model vae -p score_method elbo`` through the five notebooks: a VAE checkpoint, its own score."""
-    out = run_series(tmp_path / "vae", {**small_series, "model": "vae", "beta": 0.5, "score_method": "elbo"})
+def test_the_series_with_a_vae(tmp_path: Path, small_series, run_dir: Path) -> None:
+    """``-p model vae -p score_method elbo`` through the five notebooks: a VAE checkpoint, its own score,
+    and 03's table beside the autoencoder's smoke run (same parameters of 01, so the same split)."""
+    params = {**small_series, "model": "vae", "beta": 0.5, "score_method": "elbo", "compare_run": run_dir}
+    out = run_series(tmp_path / "vae", params)
     files = RunFiles.at(out)
     assert type(checkpoint.load_model(files.model)) is ConvVAE
     saved = storage.read_json(files.model_config)
@@ -185,3 +187,28 @@ def test_the_series_with_a_vae(tmp_path: Path, small_series) -> None:
 
     with pytest.raises(ParameterError, match=r"this run's score is 'elbo'.*rerun 03_evaluation with another score_method"):
         export.detector_for(run)
+
+    # 03's side-by-side table: this run's (vae) and the smoke run's (ae) scores, from each run's own table.
+    import pandas as pd
+
+    side = run.beside(run_dir)
+    mine, theirs = pd.read_csv(files.comparison), pd.read_csv(run_dir / "score_comparison.csv")
+    row = side.set_index("method").loc["latent-knn"]
+    assert row["this run (vae) roc_auc"] == mine.set_index("method").loc["latent-knn", "roc_auc"]
+    assert row[f"{run_dir} (ae) roc_auc"] == theirs.set_index("method").loc["latent-knn", "roc_auc"]
+    assert pd.isna(side.set_index("method").loc["elbo", f"{run_dir} (ae) roc_auc"])  # the AE has no elbo
+    executed = (out / "notebooks" / "03_evaluation.ipynb").read_text()
+    assert "this run (vae) roc_auc" in executed
+
+    other = tmp_path / "other-split"
+    other.mkdir()
+    (other / "score_comparison.csv").write_bytes((run_dir / "score_comparison.csv").read_bytes())
+    (other / "splits.safetensors").write_bytes(b"another split")
+    from anomalymap_helpers.errors import DataError
+
+    with pytest.raises(DataError, match=r"was made on another split .*rerun it with this run's notebook-01 parameters"):
+        run.check_beside(other)
+    from anomalymap_helpers import parameters
+
+    with pytest.raises(ParameterError, match=r"compare_run=.*no score_comparison.csv there"):
+        parameters.validate({"compare_run": str(tmp_path / "nothing")}, ["compare_run"])

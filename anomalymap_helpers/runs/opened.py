@@ -165,6 +165,33 @@ class Run:
             rules=self.threshold_rules(),
         )
 
+    def check_beside(self, other_dir: str | os.PathLike[str]) -> RunFiles:
+        """Refuse another run folder made on a different split (or not scored by 03); return its files."""
+        other = RunFiles.at(other_dir)
+        for path, step in ((other.splits, "01_data"), (other.comparison, "03_evaluation")):
+            other.require(path, step)
+        if other.splits.read_bytes() != self.files.splits.read_bytes():
+            raise DataError(
+                f"compare_run={str(other_dir)!r} was made on another split than {self.files.root} (its splits.safetensors "
+                "differs: another seed, classes or caps in 01): rerun it with this run's notebook-01 parameters"
+            )
+        return other
+
+    def beside(self, other_dir: str | os.PathLike[str]) -> Any:
+        """Each score's ROC-AUC and average precision here and in ``other_dir`` (same split), as a DataFrame.
+
+        Both runs' ``score_comparison.csv`` (03's table); the columns name each run's model.
+        """
+        import pandas as pd
+
+        other = self.check_beside(other_dir)
+        kind = {"this run": self.model_kind, str(other_dir): Run(other, self.splits, self.manifest).model_kind}
+        tables = []
+        for (name, model), files in zip(kind.items(), (self.files, other), strict=True):
+            table = pd.read_csv(files.comparison).set_index("method")[["roc_auc", "average_precision"]]
+            tables.append(table.add_prefix(f"{name} ({model}) "))
+        return tables[0].join(tables[1], how="outer").reset_index()
+
     def latent_explorer(self, scale: str = "per-image") -> LatentExplorer:
         """Notebook 05's t-SNE map (``latent_embeddings.csv``) linked to :meth:`explorer`."""
         import csv
