@@ -109,15 +109,42 @@ def test_widgets_link_both_ways(linked: LatentExplorer) -> None:
     assert list(scatter.data[0].marker.color) == linked.ex.scores[linked.positions].tolist()
 
 
-def test_headless_bundle_has_the_widget_and_a_png_of_the_map(linked: LatentExplorer) -> None:
+def test_live_bundle_has_the_widget_and_headless_only_the_png(linked: LatentExplorer, monkeypatch) -> None:  # noqa: ANN001
     pytest.importorskip("plotly")
     from PIL import Image
 
+    from anomalymap_helpers.pipeline.progress import HEADLESS_ENV
+
+    monkeypatch.delenv(HEADLESS_ENV, raising=False)
+    live = linked._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in live
+    monkeypatch.setenv(HEADLESS_ENV, "1")
     bundle = linked._repr_mimebundle_()
-    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert "application/vnd.jupyter.widget-view+json" not in bundle and bundle["image/png"] == live["image/png"]
     with Image.open(io.BytesIO(base64.b64decode(bundle["image/png"]))) as image:
         assert image.size[0] > 400 and len(image.getcolors(1 << 20) or []) > 20
     assert "25 test images" in bundle["text/plain"]
+
+
+def test_an_explorer_made_on_demand_is_made_once_and_only_for_the_live_view(linked: LatentExplorer, monkeypatch) -> None:  # noqa: ANN001
+    from anomalymap_helpers.pipeline.progress import HEADLESS_ENV
+
+    made = []
+
+    def make() -> Explorer:
+        made.append(1)
+        return linked.ex
+
+    lazy = LatentExplorer(make, linked.positions, linked.embedding, labels=linked.labels, is_anomaly=linked.is_anomaly)
+    monkeypatch.setenv(HEADLESS_ENV, "1")
+    lazy._repr_mimebundle_()
+    assert made == []  # headless: the static map needs labels only
+    assert lazy.ex is linked.ex and lazy.ex is linked.ex and made == [1]
+    with pytest.raises(ParameterError, match=r"give the points' labels and is_anomaly"):
+        LatentExplorer(make, linked.positions, linked.embedding)
+    bad = LatentExplorer(make, [0, 40], np.zeros((2, 2)), labels=[0, 1], is_anomaly=[False, True])
+    with pytest.raises(ParameterError, match=r"positions must lie in 0..39"):
+        _ = bad.ex
 
 
 def test_latency_command_times_the_linked_map_and_the_ipympl_frame(linked: LatentExplorer) -> None:
@@ -138,6 +165,7 @@ def test_run_reads_the_linked_map_of_notebook_05(run_dir, mnist_dir, data_dir) -
 
     run = Run.open(run_dir, data_dir=str(data_dir), mnist_dir=str(mnist_dir), device="cpu")
     lx = run.latent_explorer()
+    assert lx._ex is None  # made when the live view needs it
     with open(run.files.embeddings, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(lx.positions) == len(rows)

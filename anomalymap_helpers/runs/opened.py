@@ -192,22 +192,38 @@ class Run:
             tables.append(table.add_prefix(f"{name} ({model}) "))
         return tables[0].join(tables[1], how="outer").reset_index()
 
-    def latent_explorer(self, scale: str = "per-image") -> LatentExplorer:
-        """Notebook 05's t-SNE map (``latent_embeddings.csv``) linked to :meth:`explorer`."""
+    def latent_explorer(self, positions: Any = None, embedding: Any = None, scale: str = "per-image") -> LatentExplorer:
+        """A t-SNE map of test images linked to :meth:`explorer` (made when the live view first needs it).
+
+        Args:
+            positions: ``(P,)`` positions in the test split of the points; with ``embedding``
+                ``(P, 2)`` their coordinates. Default: notebook 05's, from ``latent_embeddings.csv``.
+            scale: The heatmap explorer's colour scale.
+        """
         import csv
+        from functools import partial
 
         from anomalymap_helpers.pipeline.explorer import LatentExplorer
 
-        path = self.files.require(self.files.embeddings, "05_latent")
-        with open(path, newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if r["split"] == "test"]
-        where = {int(i): k for k, i in enumerate(self.splits["test"].indices.tolist())}
-        missing = [r["index"] for r in rows if int(r["index"]) not in where]
-        if missing:
-            raise DataError(f"{path} names test images not in this run's split (e.g. {missing[0]}): run notebook 05 again")
-        positions = [where[int(r["index"])] for r in rows]
-        embedding = [[float(r["tsne_x"]), float(r["tsne_y"])] for r in rows]
-        return LatentExplorer(self.explorer(scale), positions, embedding)
+        if positions is None or embedding is None:
+            path = self.files.require(self.files.embeddings, "05_latent")
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if r["split"] == "test"]
+            where = {int(i): k for k, i in enumerate(self.splits["test"].indices.tolist())}
+            missing = [r["index"] for r in rows if int(r["index"]) not in where]
+            if missing:
+                raise DataError(f"{path} names test images not in this run's split (e.g. {missing[0]}): run notebook 05 again")
+            positions = [where[int(r["index"])] for r in rows]
+            embedding = [[float(r["tsne_x"]), float(r["tsne_y"])] for r in rows]
+        test = self.splits["test"]
+        positions = torch.as_tensor(positions, dtype=torch.long)
+        if len(positions) and (int(positions.min()) < 0 or int(positions.max()) >= len(test.labels)):
+            raise DataError(f"positions must lie in 0..{len(test.labels) - 1}, this run's test images")
+        return LatentExplorer(
+            partial(self.explorer, scale), positions.numpy(), embedding,
+            labels=test.labels[positions].numpy(), is_anomaly=test.is_anomaly[positions].numpy(),
+            class_names=test.class_names,
+        )
 
     def threshold_rules(self) -> dict[str, float]:
         """Where each threshold rule puts the line for notebook 03's score (its settings, scores alone).

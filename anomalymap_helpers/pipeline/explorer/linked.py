@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,8 +51,19 @@ class LatentExplorer:
         chosen: Test positions of the points last clicked or lasso-selected, most anomalous first.
     """
 
-    def __init__(self, explorer: Explorer, positions: Any, embedding: Any, *, color_by: str = "class") -> None:
-        self.ex = explorer
+    def __init__(
+        self,
+        explorer: Explorer | Callable[[], Explorer],
+        positions: Any,
+        embedding: Any,
+        *,
+        color_by: str = "class",
+        labels: Any = None,
+        is_anomaly: Any = None,
+        class_names: Any = None,
+    ) -> None:
+        self._ex = None if callable(explorer) and not hasattr(explorer, "scores") else explorer
+        self._make = explorer if self._ex is None else None
         self.positions = np.asarray(positions, dtype=int)
         self.embedding = np.asarray(embedding, dtype=float)
         if self.embedding.shape != (len(self.positions), 2):
@@ -59,14 +71,32 @@ class LatentExplorer:
                 f"the embedding has shape {self.embedding.shape}, expected ({len(self.positions)}, 2): one row of "
                 "t-SNE coordinates per point"
             )
-        if len(self.positions) and (self.positions.min() < 0 or self.positions.max() >= len(explorer.scores)):
-            raise ParameterError(f"positions must lie in 0..{len(explorer.scores) - 1}, the explorer's test images")
         if color_by not in COLOR_BY:
             raise ParameterError(f"color_by={color_by!r}: use one of {list(COLOR_BY)}")
+        if self._ex is None and (labels is None or is_anomaly is None):
+            raise ParameterError("with an explorer made on demand, give the points' labels and is_anomaly")
+        if self._ex is not None:
+            self._check_positions(self._ex)
+        self.labels = np.asarray(labels) if labels is not None else self._ex.labels[self.positions]
+        self.is_anomaly = np.asarray(is_anomaly, dtype=bool) if is_anomaly is not None else self._ex.is_anomaly[self.positions]
+        self.class_names = tuple(class_names) if class_names is not None else getattr(self._ex, "class_names", None)
         self.color_by = color_by
         self.chosen: list[int] = []
         self._point = {int(p): k for k, p in enumerate(self.positions)}
         self._widgets: Any = None
+
+    def _check_positions(self, ex: Explorer) -> None:
+        if len(self.positions) and (self.positions.min() < 0 or self.positions.max() >= len(ex.scores)):
+            raise ParameterError(f"positions must lie in 0..{len(ex.scores) - 1}, the explorer's test images")
+
+    @property
+    def ex(self) -> Explorer:
+        """The heatmap explorer (made on first use where a maker was given: it scores every test image)."""
+        if self._ex is None:
+            ex = self._make()
+            self._check_positions(ex)
+            self._ex = ex
+        return self._ex
 
     # ------------------------------------------------------------------ state
 
@@ -114,7 +144,7 @@ class LatentExplorer:
         import matplotlib
 
         cmap = matplotlib.colormaps["tab10"]
-        labels = self.ex.labels[self.positions]
+        labels = self.labels
         return {"color": [matplotlib.colors.to_hex(cmap(int(c) % 10)) for c in labels], "showscale": False}
 
     # ------------------------------------------------------------------ drawing
@@ -137,8 +167,7 @@ class LatentExplorer:
 
     def static_figure(self) -> Any:
         """The scatter as a matplotlib figure (the headless view): by class, anomaly classes as x."""
-        return plotting.tsne_scatter(self.embedding, self.ex.labels[self.positions], self.ex.is_anomaly[self.positions],
-                                     class_names=self.ex.class_names)
+        return plotting.tsne_scatter(self.embedding, self.labels, self.is_anomaly, class_names=self.class_names)
 
     # ------------------------------------------------------------------ widgets
 
@@ -154,10 +183,17 @@ class LatentExplorer:
         return self._widgets.box
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        """The widget where a front end renders widgets; a PNG of the scatter elsewhere."""
+        """The live view where a front end renders widgets; a PNG of the scatter alone when headless.
+
+        Headless (the runner, papermill, CI) nobody can click, so neither the widgets nor the heatmap
+        explorer they need are made: that saves the scoring of every test image and plotly's start.
+        """
+        from anomalymap_helpers.pipeline.progress import headless
+
         bundle: dict[str, Any] = {}
         with contextlib.suppress(ImportError):  # without plotly or ipywidgets: the static view alone
-            bundle = self.widget()._repr_mimebundle_(**kwargs) or {}
+            if not headless():
+                bundle = self.widget()._repr_mimebundle_(**kwargs) or {}
         bundle["image/png"] = base64.b64encode(_png(self.static_figure())).decode("ascii")
         bundle["text/plain"] = f"t-SNE map of {len(self.positions):,} test images, linked to the heatmap explorer"
         return bundle
@@ -183,7 +219,7 @@ class LinkedWidgets:
 
         self.lx = lx
         xy = lx.embedding
-        symbols = np.where(lx.ex.is_anomaly[lx.positions], "x", "circle").tolist()
+        symbols = np.where(lx.is_anomaly, "x", "circle").tolist()
         points = go.Scatter(
             x=xy[:, 0], y=xy[:, 1], mode="markers", name="test images", text=lx.hover_text(), hoverinfo="text",
             marker={"size": 7, "symbol": symbols, "opacity": 0.8, **lx.colors()},
