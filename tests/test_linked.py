@@ -153,7 +153,7 @@ def test_latency_command_times_the_linked_map_and_the_ipympl_frame(linked: Laten
 
     out = measure_linked(linked, moves=4)
     assert out["points"] == 25
-    for name in ("click", "ring", "lasso", "ipympl_frame"):
+    for name in ("click", "ring", "mark", "lasso", "ipympl_frame"):
         assert 0 < out[f"{name}_median_ms"] <= out[f"{name}_p90_ms"]
     assert linked.chosen and len(linked.chosen) == 25  # the last lasso took 50 points' worth: all 25
 

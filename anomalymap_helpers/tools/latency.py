@@ -60,7 +60,8 @@ def measure_linked(linked: Any, moves: int = 40) -> dict[str, float]:
 
     - ``click``: a click on a point (choose it, draw its triptych, open it in the explorer,
       move the ring): what plotly's click event runs in the kernel;
-    - ``ring``: the explorer's image slider moved, the ring following;
+    - ``ring``: the explorer's image slider moved, the ring following (the explorer's own redraw
+      included); ``mark``: the ring's move alone (one plotly trace update);
     - ``lasso``: a selection of 50 points (six triptychs drawn);
     - ``ipympl_frame``: the same scatter (560x480 pixels) drawn by matplotlib's Agg and
       encoded as a PNG: what ipympl does in the kernel for *every* frame of a pan or zoom
@@ -75,7 +76,7 @@ def measure_linked(linked: Any, moves: int = 40) -> dict[str, float]:
     w = linked.controls()
     handler = linked._widgets
     n = len(linked.positions)
-    times: dict[str, list[float]] = {"click": [], "ring": [], "lasso": [], "ipympl_frame": []}
+    times: dict[str, list[float]] = {"click": [], "ring": [], "mark": [], "lasso": [], "ipympl_frame": []}
     slider = linked.ex.controls()["image"]
     rng = np.random.default_rng(0)
     for k in range(moves):
@@ -85,6 +86,10 @@ def measure_linked(linked: Any, moves: int = 40) -> dict[str, float]:
         t0 = time.perf_counter()
         slider.value = int(linked.positions[(k * 104_729) % n])
         times["ring"].append((time.perf_counter() - t0) * 1000)
+        linked.ex.position = int(linked.positions[(k * 15_485_863) % n])  # another point, set behind the widgets
+        t0 = time.perf_counter()
+        handler.mark()
+        times["mark"].append((time.perf_counter() - t0) * 1000)
     for _ in range(max(3, moves // 8)):
         t0 = time.perf_counter()
         handler.on_selection(w["scatter"].data[0], SimpleNamespace(point_inds=rng.choice(n, min(50, n), replace=False)), None)
