@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from anomalymap_helpers.tools.screenshot import CHROMIUM, CHROMIUM_FLAGS, jupyterlab, notebook_copy, open_and_run
+from anomalymap_helpers.tools.screenshot import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    click_point,
+    jupyterlab,
+    notebook_copy,
+    open_and_run,
+)
 
 from .conftest import SMALL, require
 
@@ -179,11 +186,8 @@ def test_latent_map_click_opens_the_triptych_and_the_explorer_rings_it(
             expect(summary).to_contain_text("click a point", timeout=30_000)
             page.screenshot(path=str(shots / "linked_loaded.png"), full_page=True)
 
-            box = points.nth(k).bounding_box()
-            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-            page.mouse.move(cx, cy)
             t0 = time.perf_counter()
-            page.mouse.click(cx, cy)
+            cx, cy = click_point(page, k)
             expect(summary).to_contain_text(expected, timeout=30_000)
             print(f"click to triptych: {(time.perf_counter() - t0) * 1000:.0f} ms")
             page.wait_for_function(  # the triptych's PNG arrived and was decoded: a picture, not a broken icon

@@ -63,7 +63,8 @@ def _precision_report(args: argparse.Namespace) -> int:
 def _screenshot(args: argparse.Namespace) -> int:
     from anomalymap_helpers.tools.screenshot import screenshot
 
-    out = screenshot(args.results, args.out, mnist_dir=args.mnist_dir or "")
+    default = "docs/explorer_jupyterlab.png" if args.notebook == "04" else "docs/latent_map_jupyterlab.png"
+    out = screenshot(args.results, args.out or default, mnist_dir=args.mnist_dir or "", notebook=args.notebook)
     print(f"wrote {out}")
     return 0
 
@@ -272,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     prec.set_defaults(func=_precision_report)
     shot = sub.add_parser("screenshot", help="a picture of notebook 04's explorer in JupyterLab (Chromium, Playwright)")
     shot.add_argument("--results", default="results/default", metavar="DIR", help="a run folder made by notebooks 01-03")
-    shot.add_argument("--out", default="docs/explorer_jupyterlab.png", metavar="PNG")
+    shot.add_argument("--out", default=None, metavar="PNG",
+                      help="default docs/explorer_jupyterlab.png (04) or docs/latent_map_jupyterlab.png (05)")
+    shot.add_argument("--notebook", default="04", choices=["04", "05"],
+                      help="04: the heatmap explorer; 05: the linked latent map with a flagged anomaly clicked")
     shot.add_argument("--mnist-dir", default=None)
     shot.set_defaults(func=_screenshot)
     lat = sub.add_parser("explorer-latency", help="milliseconds from a slider move to the redrawn explorer view")

@@ -144,20 +144,58 @@ def open_and_run(page: Any, url: str, timeout_ms: int = 180_000) -> None:
     page.locator("img.anomalymap-view").wait_for(state="visible", timeout=timeout_ms)
 
 
+POINTS = ".anomalymap-linked .js-plotly-plot .scatterlayer .trace"
+
+
+def click_point(page: Any, k: int) -> tuple[float, float]:
+    """Click point ``k`` (its row in ``latent_embeddings.csv``) of notebook 05's map; return where."""
+    box = page.locator(POINTS).first.locator("path.point").nth(k).bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)  # plotly picks the point under the hover, then takes the click
+    page.mouse.click(x, y)
+    return x, y
+
+
+def flagged_anomaly_point(run: Any) -> tuple[int, str]:
+    """The point of 05's map to click for a picture: a flagged anomaly, the one farthest from its neighbours
+    (so the click cannot land on another); returns its row and its title (``test image #N``)."""
+    import numpy as np
+
+    lx = run.latent_explorer()
+    scores, threshold = run.test_scores.numpy(), float(run.evaluation["threshold"])
+    flagged = np.flatnonzero(lx.is_anomaly & (scores[lx.positions] > threshold))
+    candidates = flagged if len(flagged) else np.arange(len(lx.positions))
+    xy = lx.embedding
+    d = np.sqrt(((xy[candidates, None] - xy[None]) ** 2).sum(-1))
+    d[np.arange(len(candidates)), candidates] = np.inf
+    k = int(candidates[d.min(1).argmax()])
+    return k, f"test image #{int(run.splits['test'].indices[lx.positions[k]])}"
+
+
 def screenshot(
     results: str | os.PathLike[str],
     out: str | os.PathLike[str] = "docs/explorer_jupyterlab.png",
     *,
     data_dir: str = "data",
     mnist_dir: str = "",
+    notebook: str = "04",
 ) -> Path:
-    """Save a picture of notebook 04's explorer on the run ``results`` (see the module's note)."""
+    """Save a picture of notebook 04's explorer on the run ``results`` (see the module's note).
+
+    ``notebook="05"``: notebook 05's linked map instead (the run needs 01-05), with a flagged anomaly
+    clicked (:func:`flagged_anomaly_point`) and its triptych beside the map.
+    """
+    if notebook not in ("04", "05"):
+        raise AnomalyMapError(f"notebook={notebook!r}: the pictures are of 04 (the explorer) or 05 (the linked map)")
     from anomalymap_helpers.runs import storage
     from anomalymap_helpers.runs.opened import Run
     from anomalymap_helpers.runs.paths import resolve
 
     run_dir = resolve(results)
-    Run.open(run_dir, data_dir=data_dir, mnist_dir=mnist_dir or None, device="cpu").evaluation  # noqa: B018 - 01-03 done?
+    run = Run.open(run_dir, data_dir=data_dir, mnist_dir=mnist_dir or None, device="cpu")
+    run.evaluation  # noqa: B018 - 01-03 done?
+    if notebook == "05":
+        point, title = flagged_anomaly_point(run)
     if not Path(CHROMIUM).exists():
         raise AnomalyMapError(f"no Chromium at {CHROMIUM}: apt-get install chromium")
     try:
@@ -170,7 +208,7 @@ def screenshot(
         values = {"results_dir": str(run_dir), "data_dir": str(resolve(data_dir)), "device": "cpu"}
         if mnist_dir:
             values["mnist_dir"] = str(resolve(mnist_dir))
-        notebook = notebook_copy(home, values)
+        copy = notebook_copy(home, values, notebook)
         with jupyterlab(home) as (url, token), sync_playwright() as pw:
             browser = pw.chromium.launch_persistent_context(
                 str(home / "profile"), executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True,
@@ -178,9 +216,16 @@ def screenshot(
             )
             try:
                 page = browser.pages[0] if browser.pages else browser.new_page()
-                open_and_run(page, f"{url}/lab/tree/{notebook.name}?token={token}")
+                open_and_run(page, f"{url}/lab/tree/{copy.name}?token={token}")
                 page.locator(".anomalymap-gallery-strip").wait_for(state="visible", timeout=60_000)
                 widget = page.locator(".anomalymap-explorer")
+                if notebook == "05":
+                    page.locator(POINTS).first.locator("path.point").first.wait_for(timeout=60_000)
+                    widget = page.locator(".anomalymap-linked-map")
+                    widget.scroll_into_view_if_needed()
+                    click_point(page, point)
+                    page.locator(".anomalymap-linked-summary", has_text=title).wait_for(timeout=30_000)
+                    page.mouse.move(5, 5)  # no hover label over the picture
                 widget.scroll_into_view_if_needed()
                 page.wait_for_timeout(500)  # the last images decoded
                 if page.locator(".jp-toast-container .Toastify__toast").count():

@@ -253,7 +253,9 @@ class LinkedWidgets:
                         "ring: the image the explorer below shows</small>")
         left = w.VBox([c["color_by"], legend, scatter], layout=w.Layout(min_width="580px"))
         right = w.VBox([c["summary"], c["triptychs"]], layout=w.Layout(flex="1 1 auto", padding="0 0 0 10px"))
-        self.box = w.VBox([w.HBox([left, right]), lx.ex.widget()])
+        top = w.HBox([left, right])
+        top.add_class("anomalymap-linked-map")
+        self.box = w.VBox([top, lx.ex.widget()])
         self.box.add_class("anomalymap-linked")
 
     def show(self) -> None:
