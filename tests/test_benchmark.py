@@ -17,7 +17,7 @@ def _rows(folder: Path, aucs: list[float]) -> Path:
         w = csv.writer(fh)
         w.writerow(benchmark.COLUMNS)
         for seed, auc in enumerate(aucs):
-            w.writerow(["leave-one-out", 9, seed, "mse", auc, 0.5])
+            w.writerow(["leave-one-out", 9, seed, "mse", auc, 0.5, auc / 4, auc / 2])
     return path
 
 
@@ -50,3 +50,20 @@ def test_resume_keeps_data_sets_apart(tmp_path: Path) -> None:
     assert benchmark.check_settings(tmp_path, benchmark.QUICK, True, "mnist")["dataset"] == "mnist"
     with pytest.raises(ParameterError, match="dataset: there 'mnist', now 'fashion-mnist'"):
         benchmark.check_settings(tmp_path, benchmark.QUICK, True, "fashion-mnist")
+
+
+def test_summary_reports_recall_at_1_and_5_percent_fpr(tmp_path: Path) -> None:
+    path = _rows(tmp_path, [0.6, 0.7, 0.8])  # recall at 1 %: auc / 4; at 5 %: auc / 2
+    table = benchmark.summarize(path, ("leave-one-out",), (9,), 3)
+    assert "| mean recall at 1 % FPR | 0.175 ± 0.025 |" in table  # mean and std(ddof=1) of 0.15, 0.175, 0.2
+    assert "| mean recall at 5 % FPR | 0.350 ± 0.050 |" in table
+
+
+def test_rows_without_the_recall_columns_are_not_resumed(tmp_path: Path) -> None:
+    """A folder written before the recall columns existed names the difference instead of mixing rows."""
+    _rows(tmp_path, [0.6])
+    old = benchmark.check_settings(tmp_path / "new", benchmark.QUICK, True)
+    old.pop("columns")
+    (tmp_path / "settings.json").write_text(__import__("json").dumps(old))
+    with pytest.raises(ParameterError, match=r"columns: there None, now \['protocol'.*'recall_at_5pct_fpr'\]"):
+        benchmark.check_settings(tmp_path, benchmark.QUICK, True)

@@ -186,9 +186,13 @@ class ConvAutoencoder(nn.Module):
         w = out.weight.flip(2, 3).transpose(0, 1).contiguous(memory_format=torch.channels_last)
         return torch.sigmoid(F.conv_transpose2d(h, w, out.bias, padding=1))
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's last feature map ``(B, 64, g, g)``: what the bottleneck's Linear layer reads."""
+        return self.down(self.encoder[:6](x))  # channels_last
+
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder's last feature map, flattened in NHWC order ``(B, 64 * g * g)``."""
-        h = self.down(self.encoder[:6](x))  # (B, 64, g, g), channels_last
+        h = self.feature_map(x)
         return h.permute(0, 2, 3, 1).reshape(len(h), -1)
 
     def _nhwc_linear(self, fc: nn.Linear, h: torch.Tensor) -> torch.Tensor:

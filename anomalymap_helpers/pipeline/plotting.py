@@ -200,6 +200,21 @@ def triptych_axes(
     return art
 
 
+SCORE_MAP_CMAP = "viridis"  # the score's own map: another colour map than the reconstruction error's
+
+
+def score_map_axes(ax: Any, score_map: np.ndarray, name: str, *, title: bool = True, mask: np.ndarray | None = None) -> Any:
+    """Draw a score's own map (e.g. ``latent-knn``'s, see ``scoring.LatentKnnMaps``) on ``ax``,
+    to its own maximum; returns the image artist (for a colorbar)."""
+    art = ax.imshow(score_map, cmap=SCORE_MAP_CMAP, vmin=0, vmax=max(float(score_map.max()), 1e-6))
+    outline(ax, mask)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(f"{name} map", fontsize=9)
+    return art
+
+
 def triptychs(
     images: Any,
     reconstructions: Any,
@@ -209,6 +224,8 @@ def triptychs(
     scale: str = "per-image",
     global_max: float | None = None,
     masks: Any = None,
+    score_maps: Any = None,
+    score_name: str = "score",
 ) -> Figure:
     """A grid of [input | reconstruction | anomaly map] rows with a colorbar each.
 
@@ -220,6 +237,9 @@ def triptychs(
             (every map to ``global_max``, so colours compare across rows).
         global_max: The shared top of the scale; default the largest map value.
         masks: ``(N, 1, H, W)`` defect masks to outline, or None.
+        score_maps: ``(N, 1, H, W)`` maps of the score itself where it is not the reconstruction
+            error (``latent-knn``): a fourth column, in its own colours and to its own maximum.
+        score_name: The score those maps belong to, for their title and colour bar.
     """
     if scale not in SCALES:
         raise ValueError(f"scale={scale!r}: use one of {SCALES}")
@@ -227,11 +247,13 @@ def triptychs(
     outlines = displayable(masks) > 0.5 if masks is not None else None
     n = len(imgs)
     top = global_max if global_max is not None else float(errs.max()) if n else 1.0
-    fig = NotebookFigure(figsize=(7.5, 2.3 * max(n, 1)), layout="constrained")
-    grid = fig.subplots(max(n, 1), 3, squeeze=False)
+    extra = displayable(score_maps) if score_maps is not None else None
+    columns = 3 if extra is None else 4
+    fig = NotebookFigure(figsize=(2.5 * columns, 2.3 * max(n, 1)), layout="constrained")
+    grid = fig.subplots(max(n, 1), columns, squeeze=False)
     for row in range(n):
         art = triptych_axes(
-            grid[row],
+            grid[row, :3],
             imgs[row],
             recs[row],
             errs[row],
@@ -239,7 +261,11 @@ def triptychs(
             titles=row == 0,
             mask=outlines[row] if outlines is not None else None,
         )
-        fig.colorbar(art, ax=grid[row, 2], fraction=0.046, pad=0.04)
+        fig.colorbar(art, ax=grid[row, 2], fraction=0.046, pad=0.04, label="|x - x̂|" if extra is not None else None)
+        if extra is not None:
+            art = score_map_axes(grid[row, 3], extra[row], score_name, title=row == 0,
+                                 mask=outlines[row] if outlines is not None else None)
+            fig.colorbar(art, ax=grid[row, 3], fraction=0.046, pad=0.04, label=score_name)
         if captions is not None:
             grid[row, 0].set_ylabel(captions[row], fontsize=8)
     return fig

@@ -21,6 +21,7 @@ from anomalymap_helpers.runs import checkpoint, storage
 from anomalymap_helpers.runs.paths import DEFAULT_DATA_DIR, RunFiles
 
 if TYPE_CHECKING:
+    from anomalymap_helpers.pipeline import scoring
     from anomalymap_helpers.pipeline.explorer import Explorer, LatentExplorer
     from anomalymap_helpers.pipeline.model import ConvAutoencoder
 
@@ -150,20 +151,32 @@ class Run:
         blur = float(self.evaluation.get("map_blur", 0.0))
         folder = self.dataset == "folder"  # a run folder reused for MNIST may still hold a folder run's names
         names = storage.read_json(self.files.image_names) if folder and self.files.image_names.exists() else None
+        score_name = self.evaluation.get("score", "mse")
+        maps = self.score_maps(score_name)
         return Explorer(
             scoring.score(self.model, test.images, blur=blur),  # reconstructions and maps, computed once
             test.labels,
             test.is_anomaly,
             self.evaluation["threshold"],
             scores=self.test_scores,
-            score_name=self.evaluation.get("score", "mse"),
+            score_name=score_name,
             indices=test.indices,
             scale=scale,
             class_names=test.class_names,
             masks=test.masks,
             names=names,
             rules=self.threshold_rules(),
+            score_maps=None if maps is None else lambda i: maps(test.images[i : i + 1])[0, 0].numpy(),
         )
+
+    def score_maps(self, method: str) -> scoring.LatentKnnMaps | None:
+        """The map of ``method`` itself where it is not read off the reconstruction error: ``latent-knn``'s
+        (:class:`~anomalymap_helpers.pipeline.scoring.LatentKnnMaps`, over the cached reference set); else None."""
+        from anomalymap_helpers.pipeline import scoring
+
+        if method != "latent-knn":
+            return None
+        return scoring.LatentKnnMaps(self.model, self.splits["train"].images, self.reference_latents())
 
     def check_beside(self, other_dir: str | os.PathLike[str]) -> RunFiles:
         """Refuse another run folder made on a different split (or not scored by 03); return its files."""

@@ -29,7 +29,7 @@ from anomalymap_helpers.runs import storage
 from anomalymap_helpers.runs.paths import resolve
 
 PROTOCOLS = ("leave-one-out", "one-class")
-COLUMNS = ["protocol", "digit", "seed", "method", "roc_auc", "average_precision"]
+COLUMNS = ["protocol", "digit", "seed", "method", "roc_auc", "average_precision", "recall_at_1pct_fpr", "recall_at_5pct_fpr"]
 
 # Published mean ROC-AUC over the ten classes, one-class protocol.
 PUBLISHED_ONE_CLASS = {
@@ -108,7 +108,8 @@ def one_run(
     rows = []
     for method, s in scorer.all_scores(scoring.score(model, test_x)).items():
         m = metrics.evaluate(s.numpy(), is_anomaly, threshold=float("inf"))
-        rows.append([protocol, digit, seed, method, round(m.roc_auc, 6), round(m.average_precision, 6)])
+        rows.append([protocol, digit, seed, method, round(m.roc_auc, 6), round(m.average_precision, 6),
+                     round(m.recall_at_1pct_fpr, 6), round(m.recall_at_5pct_fpr, 6)])
     return rows
 
 
@@ -116,7 +117,7 @@ def key(settings: Settings, quick: bool, dataset: str = "mnist") -> dict[str, An
     """Everything a row of ``benchmark.csv`` depends on, besides its protocol, class and seed."""
     from anomalymap_helpers.pipeline.scoring import METHODS
 
-    return {"dataset": dataset, "quick": quick, **asdict(settings), "methods": list(METHODS)}
+    return {"dataset": dataset, "quick": quick, **asdict(settings), "methods": list(METHODS), "columns": COLUMNS}
 
 
 def check_settings(folder: Path, settings: Settings, quick: bool, dataset: str = "mnist") -> dict[str, Any]:
@@ -253,6 +254,13 @@ def summarize(
         )
         ap = part.groupby("method").average_precision.mean()
         lines.append("| mean AP | " + " | ".join(f"{ap[m]:.3f}" for m in methods) + " |")
+        for column, name in (("recall_at_1pct_fpr", "1 %"), ("recall_at_5pct_fpr", "5 %")):
+            if column in part:  # recall at that share of the test normals flagged
+                recall = part.groupby(["method", "seed"])[column].mean().groupby("method")
+                lines.append(
+                    f"| mean recall at {name} FPR | "
+                    + " | ".join(f"{recall.mean()[m]:.3f} ± {_std(recall.get_group(m))}" for m in methods) + " |"
+                )
         out.append("\n".join(lines))
     return "\n\n".join(out)
 

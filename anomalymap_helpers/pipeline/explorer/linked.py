@@ -161,8 +161,9 @@ class LatentExplorer:
         ex, p = self.ex, np.asarray(picks)
         captions = [f"{ex.title(i)} · {ex.class_name(i)}\n{ex.score_name} {ex.scores[i]:.4f} -> {ex.verdict(i)}" for i in p]
         masks = ex.masks[p] if ex.masks is not None else None
+        extra = np.stack([ex.score_map(int(i)) for i in p])[:, None] if ex.has_score_map else None
         fig = plotting.triptychs(ex.images[p], ex.reconstructions[p], ex.maps[p], captions=captions, scale=ex.scale,
-                                 global_max=ex.global_max, masks=masks)
+                                 global_max=ex.global_max, masks=masks, score_maps=extra, score_name=ex.score_name)
         return _png(fig)
 
     def static_figure(self) -> Any:

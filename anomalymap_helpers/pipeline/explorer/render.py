@@ -25,19 +25,28 @@ if TYPE_CHECKING:
 def figure(ex: Explorer, i: int, threshold: float | None = None, scale: str | None = None) -> Figure:
     """The [input | reconstruction | anomaly map] view of image ``i`` with its verdict."""
     scale = scale or ex.scale
-    # Fixed positions rather than a layout engine: the same view, drawn in two thirds of the time.
-    fig = plotting.NotebookFigure(figsize=(7.5, 2.7))
-    axes = fig.subplots(1, 3, gridspec_kw={"left": 0.01, "right": 0.875, "bottom": 0.03, "top": 0.85, "wspace": 0.04})
+    score_map = ex.score_map(i)
+    if score_map is None:
+        # Fixed positions rather than a layout engine: the same view, drawn in two thirds of the time.
+        fig = plotting.NotebookFigure(figsize=(7.5, 2.7))
+        axes = fig.subplots(1, 3, gridspec_kw={"left": 0.01, "right": 0.875, "bottom": 0.03, "top": 0.85, "wspace": 0.04})
+        bars = [(0.89, 0.06, 0.015, 0.76)]
+    else:  # the score's own map beside the reconstruction error, each with its colour bar
+        fig = plotting.NotebookFigure(figsize=(10.5, 2.7))
+        axes = [fig.add_axes((x, 0.03, 0.19, 0.82)) for x in (0.005, 0.2, 0.395, 0.695)]
+        bars = [(0.59, 0.06, 0.011, 0.76), (0.89, 0.06, 0.011, 0.76)]
     art = plotting.triptych_axes(
-        axes,
+        axes[:3],
         ex.images[i],
         ex.reconstructions[i],
         ex.maps[i],
         vmax=ex.global_max if scale == "global" else None,
         mask=ex.mask(i),
     )
-    cax = fig.add_axes((0.89, 0.06, 0.015, 0.76))
-    fig.colorbar(art, cax=cax, label=f"|x - x̂| ({scale} scale)")
+    fig.colorbar(art, cax=fig.add_axes(bars[0]), label=f"|x - x̂| ({scale} scale)")
+    if score_map is not None:
+        art = plotting.score_map_axes(axes[3], score_map, ex.score_name, mask=ex.mask(i))
+        fig.colorbar(art, cax=fig.add_axes(bars[1]), label=f"{ex.score_name} (per-image scale)")
     fig.suptitle(ex.caption(i, threshold), fontsize=9)
     return fig
 

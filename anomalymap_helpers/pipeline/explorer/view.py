@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,10 @@ class Explorer:
         rules: The threshold of each threshold rule by name (e.g. ``{"percentile": ...,
             "otsu": ...}``, see :func:`~anomalymap_helpers.pipeline.metrics.choose_threshold`):
             the widget switches between them and marks them on the histogram.
+        score_maps: Where the score is not read off the reconstruction error (``latent-knn``), a
+            function from a test position to that image's ``(H, W)`` map of the score (e.g.
+            :class:`~anomalymap_helpers.pipeline.scoring.LatentKnnMaps`): the view shows it
+            beside the reconstruction error. Computed when an image is first shown, then kept.
     """
 
     def __init__(
@@ -58,6 +63,7 @@ class Explorer:
         masks: Any = None,
         names: Any = None,
         rules: dict[str, float] | None = None,
+        score_maps: Callable[[int], np.ndarray] | None = None,
     ) -> None:
         if scale not in plotting.SCALES:
             raise ParameterError(f"heatmap_scale={scale!r}: use one of {list(plotting.SCALES)}")
@@ -79,6 +85,7 @@ class Explorer:
         self.subset = "all"
         self.position = 0
         self._widgets: Any = None
+        self._score_maps, self._score_map_cache = score_maps, {}
 
     # ------------------------------------------------------------------ state and what follows from it
 
@@ -134,6 +141,19 @@ class Explorer:
     def title(self, i: int) -> str:
         """How image ``i`` is named: its file (folder data sets) or its number in the test set."""
         return self.names[int(self.indices[i])] if self.names else f"test image #{self.indices[i]}"
+
+    @property
+    def has_score_map(self) -> bool:
+        """Whether the score has a map of its own beside the reconstruction error."""
+        return self._score_maps is not None
+
+    def score_map(self, i: int) -> np.ndarray | None:
+        """Image ``i``'s ``(H, W)`` map of the score (see ``score_maps``), or None."""
+        if self._score_maps is None:
+            return None
+        if i not in self._score_map_cache:
+            self._score_map_cache[int(i)] = np.asarray(self._score_maps(int(i)), dtype=np.float32)
+        return self._score_map_cache[int(i)]
 
     def mask(self, i: int) -> np.ndarray | None:
         """Image ``i``'s defect mask ``(H, W)``, or None."""
