@@ -94,3 +94,34 @@ def test_triptychs_add_a_column_for_the_score_map() -> None:
     assert len([ax for ax in fig.axes if ax.images]) == 2 * 4 and len(fig.axes) == 2 * 4 + 2 * 2
     plain = plotting.triptychs(images, images, images)
     assert len([ax for ax in plain.axes if ax.images]) == 2 * 3 and len(plain.axes) == 2 * 3 + 2
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("with_map", [False, True])
+def test_the_reused_view_draws_what_a_new_figure_draws(channels: int, with_map: bool) -> None:
+    """png() keeps one figure and swaps its contents; each view must equal a figure made afresh:
+    other images, a mask then none, the global scale, another threshold."""
+    import io
+
+    from PIL import Image
+
+    torch.manual_seed(1)
+    model = ConvAutoencoder(ModelConfig(latent_dim=8, channels=channels)).eval()
+    test = torch.rand(5, channels, 28, 28)
+    masks = torch.zeros(5, 1, 28, 28)
+    masks[1, :, 5:12, 8:20] = 1
+    masks[3, :, 15:25, 2:9] = 1
+    train = torch.rand(12, channels, 28, 28)
+    maps = scoring.LatentKnnMaps(model, train, scoring.encode(model, train))
+    one = (lambda i: maps(test[i : i + 1])[0, 0].numpy()) if with_map else None
+    labels = torch.tensor([0, 1, 0, 1, 0])
+    ex = Explorer(scoring.score(model, test), labels, labels == 1, 0.3, masks=masks, score_maps=one)
+
+    def fresh(i: int, threshold: float | None = None, scale: str | None = None) -> np.ndarray:
+        buf = io.BytesIO()
+        render.figure(ex, i, threshold, scale).savefig(buf, format="png", dpi=90)
+        return np.asarray(Image.open(buf))
+
+    for i, threshold, scale in [(0, None, None), (1, None, None), (2, 0.01, "global"), (3, None, "per-image"), (4, 9.0, None)]:
+        reused = np.asarray(Image.open(io.BytesIO(render.png(ex, i, threshold, scale))))
+        np.testing.assert_array_equal(reused, fresh(i, threshold, scale), err_msg=f"image {i}")

@@ -52,10 +52,52 @@ def figure(ex: Explorer, i: int, threshold: float | None = None, scale: str | No
 
 
 def png(ex: Explorer, i: int, threshold: float | None = None, scale: str | None = None) -> bytes:
-    """The view of :func:`figure` as PNG bytes."""
+    """The view of :func:`figure` as PNG bytes.
+
+    The explorer keeps one such figure and swaps its pictures, colour ranges and texts on each
+    redraw (:func:`_refill`): making the figure's axes and colour bars anew cost more than drawing them.
+    """
     buf = io.BytesIO()
-    figure(ex, i, threshold, scale).savefig(buf, format="png", dpi=90)
+    view_figure(ex, i, threshold, scale).savefig(buf, format="png", dpi=90)
     return buf.getvalue()
+
+
+def view_figure(ex: Explorer, i: int, threshold: float | None = None, scale: str | None = None) -> Figure:
+    """The explorer's one view figure, showing image ``i`` (made by :func:`figure` the first time)."""
+    fig = getattr(ex, "_view_figure", None)
+    if fig is None:
+        fig = ex._view_figure = figure(ex, i, threshold, scale)
+    else:
+        _refill(fig, ex, i, threshold, scale)
+    return fig
+
+
+def _refill(fig: Figure, ex: Explorer, i: int, threshold: float | None, scale: str | None) -> None:
+    """Put image ``i``'s view into a figure that :func:`figure` made for another image of ``ex``."""
+    scale = scale or ex.scale
+    axes = [ax for ax in fig.axes if ax.images]
+    image, reconstruction = ex.images[i], ex.reconstructions[i]
+    for ax, picture in zip(axes[:2], (image, reconstruction), strict=True):
+        ax.images[0].set_data(np.clip(picture, 0, 1) if picture.ndim == 3 else picture)
+    error = ex.maps[i]
+    axes[2].images[0].set_data(error)
+    axes[2].images[0].set_clim(0, ex.global_max if scale == "global" else max(float(error.max()), 1e-6))
+    mask = ex.mask(i)
+    for ax in axes:
+        for drawn in list(ax.collections):  # the last image's defect outline
+            drawn.remove()
+    plotting.outline(axes[0], mask)
+    plotting.outline(axes[2], mask)
+    outlined = mask is not None and mask.any()
+    axes[2].set_title("anomaly map |x - x̂|" + (" + defect outline" if outlined else ""), fontsize=9)
+    bars = [ax for ax in fig.axes if not ax.images]
+    bars[0].set_ylabel(f"|x - x̂| ({scale} scale)")
+    score_map = ex.score_map(i)
+    if score_map is not None:
+        axes[3].images[0].set_data(score_map)
+        axes[3].images[0].set_clim(0, max(float(score_map.max()), 1e-6))
+        plotting.outline(axes[3], mask)
+    fig.suptitle(ex.caption(i, threshold), fontsize=9)
 
 
 def histogram(ex: Explorer, threshold: float | None = None) -> Figure:
@@ -120,7 +162,7 @@ def save_samples(ex: Explorer, folder: str | Path, n: int = 8, *, seed: int = 0)
     for k, i in enumerate(ex.sample(n, seed)):
         name = re.sub(r"[^A-Za-z0-9-]+", "", ex.class_name(int(i)).replace("/", "-"))
         path = Path(folder) / f"sample_{k:02d}_{name}_called-{ex.verdict(i)}.png"
-        storage.save_figure(figure(ex, int(i)), path, dpi=90)
+        storage.save_figure(view_figure(ex, int(i)), path, dpi=90)
         out.append(path)
     for stale in set(Path(folder).glob("sample_*.png")) - set(out):  # from an earlier run of 04
         stale.unlink()

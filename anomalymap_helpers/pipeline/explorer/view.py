@@ -85,6 +85,7 @@ class Explorer:
         self.subset = "all"
         self.position = 0
         self._widgets: Any = None
+        self._view_figure: Figure | None = None  # the one view figure, refilled on each redraw (render.png)
         self._score_maps, self._score_map_cache = score_maps, {}
 
     # ------------------------------------------------------------------ state and what follows from it
