@@ -121,10 +121,7 @@ class Run:
     @property
     def model_kind(self) -> str:
         """``"ae"`` or ``"vae"``: the model notebook 02 trained (read from the checkpoint's metadata only)."""
-        from anomalymap_helpers.pipeline.model import ModelConfig
-
-        meta = checkpoint.read_metadata(self.files.require(self.files.model, "02_training"))
-        return ModelConfig(architecture=meta.get("model_config", {}).get("architecture", "conv-ae-v1")).model
+        return _model_kind(self.files)
 
     def score_method(self, score_method: str = "auto") -> str:
         """The score ``score_method`` names for this run's data (``"auto"``: see :func:`scoring.default_method`).
@@ -198,7 +195,7 @@ class Run:
         import pandas as pd
 
         other = self.check_beside(other_dir)
-        kind = {"this run": self.model_kind, str(other_dir): Run(other, self.splits, self.manifest).model_kind}
+        kind = {"this run": self.model_kind, str(other_dir): _model_kind(other)}
         tables = []
         for (name, model), files in zip(kind.items(), (self.files, other), strict=True):
             table = pd.read_csv(files.comparison).set_index("method")[["roc_auc", "average_precision"]]
@@ -257,3 +254,11 @@ class Run:
             except ParameterError:  # e.g. Otsu on scores that are all equal
                 continue
         return rules
+
+
+def _model_kind(files: RunFiles) -> str:
+    """``"ae"`` or ``"vae"``: the model in ``files`` (read from its checkpoint's metadata only)."""
+    from anomalymap_helpers.pipeline.model import ModelConfig
+
+    meta = checkpoint.read_metadata(files.require(files.model, "02_training"))
+    return ModelConfig(architecture=meta.get("model_config", {}).get("architecture", "conv-ae-v1")).model
