@@ -53,6 +53,9 @@ def lab(
 
 
 def _set_readout(page, name: str, value: str) -> None:  # noqa: ANN001
+    # Typed while the kernel still answers the last change, the readout can be rewritten under the
+    # keys (a CI run saw 0.00465 typed land as 0.00175): wait for the kernel to be idle first.
+    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=60_000)
     readout = page.locator(f".anomalymap-{name} .widget-readout")
     readout.click()
     page.keyboard.press("Control+A")
