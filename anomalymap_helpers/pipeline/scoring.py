@@ -217,9 +217,10 @@ def check_method(method: str, dataset: str = "mnist", model: str | None = None) 
     return method
 
 
-def elbo_scores(images: torch.Tensor, reconstructions: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
-    """The negative ELBO per pixel ``(sum of squared errors + kl) / pixels``; shape ``(N,)``."""
-    return ((images - reconstructions).pow(2).flatten(1).sum(1) + kl) / images[0].numel()
+def elbo_scores(mse: torch.Tensor, kl: torch.Tensor, pixels: int) -> torch.Tensor:
+    """The negative ELBO per pixel ``(sum of squared errors + kl) / pixels`` from the per-image
+    MSE (:func:`mse_scores`, already the squared errors over ``pixels``); shape ``(N,)``."""
+    return mse + kl / pixels
 
 
 def topk_scores(maps: torch.Tensor, k: int = 10) -> torch.Tensor:
@@ -396,7 +397,7 @@ class Scorer:
             "latent-knn": knn_distances(self.reference, scored.latents, self.k),
         }
         if scored.kl is not None:
-            base["elbo"] = elbo_scores(scored.images, scored.reconstructions, scored.kl)
+            base["elbo"] = elbo_scores(scored.scores, scored.kl, scored.images[0].numel())
         return base
 
     def _with_ensemble(self, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
