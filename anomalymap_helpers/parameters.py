@@ -261,8 +261,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         ("02",), "`True` or `False`; the other training settings must match the checkpoint's",
     ),
     Parameter(
-        "score_method", str, "auto", "per-image score; auto: latent-knn for MNIST/Fashion, topk (on the map) for folders",
-        ("03",), "`auto`, `mse`, `topk`, `ssim`, `latent-knn`, `ensemble`; `elbo` with model vae", _one_of(_score_methods),
+        "score_method", str, "auto", "per-image score; auto: patch-knn for MNIST/Fashion, topk (on the map) for folders",
+        ("03",), "`auto`, `mse`, `topk`, `ssim`, `latent-knn`, `patch-knn`, `ensemble`; `elbo` with model vae", _one_of(_score_methods),
     ),
     Parameter(
         "map_blur", float, -1.0, "Gaussian blur (sigma, pixels) of the anomaly maps; -1: 0 for MNIST/Fashion, size/32 for folders",

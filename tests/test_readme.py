@@ -16,7 +16,7 @@ def test_python_example_runs_and_prints_the_metrics(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     auc = float(re.search(r"Metrics\(roc_auc=([0-9.]+)", proc.stdout).group(1))
-    assert 0.5 < auc <= 1.0  # latent-knn ranks 9s above normals even after 2 epochs on 6,000 images
+    assert 0.5 < auc <= 1.0  # patch-knn ranks 9s above normals even after 2 epochs on 6,000 images
 
 
 def test_layout_names_real_files() -> None:

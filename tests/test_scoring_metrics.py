@@ -165,7 +165,7 @@ def test_maps_average_the_channels_and_blur_like_scipy() -> None:
 
 def test_auto_rules_depend_on_the_kind_of_data_only() -> None:
     assert scoring.check_method("auto", "folder") == "topk"
-    assert scoring.check_method("auto", "fashion-mnist") == scoring.check_method("auto", "mnist") == "latent-knn"
+    assert scoring.check_method("auto", "fashion-mnist") == scoring.check_method("auto", "mnist") == "patch-knn"
     assert scoring.blur_sigma(-1, "folder", 128) == 4.0 and scoring.blur_sigma(-1, "mnist", 28) == 0.0
     assert scoring.blur_sigma(1.5, "mnist", 28) == 1.5
 

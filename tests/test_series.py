@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -183,7 +184,11 @@ def test_run_opens_a_trained_run(run_dir: Path, data_dir: Path) -> None:
     run = Run.open(run_dir, data_dir=str(data_dir), device="cpu")
     assert len(run.splits["test"]) == SMALL["max_test"] and run.model.config.latent_dim == 64
     assert run.test_scores.shape == (SMALL["max_test"],)
-    assert run.evaluation["score"] == "latent-knn"
+    assert run.evaluation["score"] == "patch-knn"
+    # The default score is read off its own map: each image's largest cell is 03's score.
+    patch = run.score_maps("patch-knn")
+    grids, _ = patch.grids(run.splits["test"].images[:6])
+    np.testing.assert_allclose(grids.flatten(1).amax(1).numpy(), run.test_scores[:6].numpy(), rtol=1e-5, atol=1e-6)
     explorer = run.explorer()
     assert explorer.threshold == run.evaluation["threshold"]
     # The rules' thresholds from the scores 03 wrote; 03's own rule (percentile) gives its threshold.
@@ -227,7 +232,7 @@ def test_folder_series_measures_the_maps_against_the_masks(folder_run_dir: Path)
 
 def test_fashion_series_names_the_classes(fashion_run_dir: Path) -> None:
     metrics = json.loads((fashion_run_dir / "metrics.json").read_text())
-    assert metrics["dataset"] == "fashion-mnist" and metrics["score"] == "latent-knn" and "aupro" not in metrics
+    assert metrics["dataset"] == "fashion-mnist" and metrics["score"] == "patch-knn" and "aupro" not in metrics
     with open(fashion_run_dir / "per_type.csv") as fh:
         names = [r["name"] for r in csv.DictReader(fh)]
     assert names == ["T-shirt/top", "Trouser", "Bag"]

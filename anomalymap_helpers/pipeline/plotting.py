@@ -204,7 +204,7 @@ SCORE_MAP_CMAP = "viridis"  # the score's own map: another colour map than the r
 
 
 def score_map_axes(ax: Any, score_map: np.ndarray, name: str, *, title: bool = True, mask: np.ndarray | None = None) -> Any:
-    """Draw a score's own map (e.g. ``latent-knn``'s, see ``scoring.LatentKnnMaps``) on ``ax``,
+    """Draw a score's own map (e.g. ``patch-knn``'s, see ``scoring.PatchKnn``) on ``ax``,
     to its own maximum; returns the image artist (for a colorbar)."""
     art = ax.imshow(score_map, cmap=SCORE_MAP_CMAP, vmin=0, vmax=max(float(score_map.max()), 1e-6))
     outline(ax, mask)
@@ -238,7 +238,7 @@ def triptychs(
         global_max: The shared top of the scale; default the largest map value.
         masks: ``(N, 1, H, W)`` defect masks to outline, or None.
         score_maps: ``(N, 1, H, W)`` maps of the score itself where it is not the reconstruction
-            error (``latent-knn``): a fourth column, in its own colours and to its own maximum.
+            error (``patch-knn``, ``latent-knn``): a fourth column, in its own colours and to its own maximum.
         score_name: The score those maps belong to, for their title and colour bar.
     """
     if scale not in SCALES:

@@ -12,6 +12,10 @@ a defect is a region, not a single pixel). Per-image scores (higher = more anoma
 - ``ssim``: ``1 - SSIM(x, x̂)``, a structural rather than pixel-wise error;
 - ``latent-knn``: the cosine distance from the image's latent vector to its
   ``k`` nearest *training normals'* latents;
+- ``patch-knn`` (the default on MNIST and Fashion-MNIST): the largest cell of a map
+  of its own, on the encoder's feature grid: how far each cell's features are from
+  those at the same cell of the best-matching of the image's nearest training
+  normals (:class:`PatchKnn`);
 - ``ensemble``: ``latent-knn`` (what the image is) and ``ssim`` (how its
   structure is rebuilt), each standardised by the mean and spread of its
   scores on the validation normals, then averaged;
@@ -136,11 +140,14 @@ def anomaly_maps(images: torch.Tensor, reconstructions: torch.Tensor, blur: floa
 
 
 def default_method(dataset: str) -> str:
-    """The score of ``score_method="auto"``: ``topk`` (read off the map) for folders, else ``latent-knn``.
+    """The score of ``score_method="auto"``: ``topk`` (read off the map) for folders, else ``patch-knn``.
 
-    A folder data set is about *where* the defect is, so its default score is one the
-    map shows; for MNIST and Fashion-MNIST the anomaly is a whole other class, which the
-    latent code tells apart.
+    A folder data set is about *where* the defect is, at the pixel, so its default score is
+    read off the full-resolution reconstruction error that the pixel-level measures score;
+    for MNIST and Fashion-MNIST the anomaly is a whole other class, which the encoder's
+    features compared with the nearest normals' tell apart (``patch-knn``, whose own map is
+    on the encoder's coarse grid). Chosen on a development split of the *training* images
+    (docs/benchmarks.md), never on test results.
     """
     return "topk" if dataset == "folder" else DEFAULT_METHOD
 
@@ -194,9 +201,9 @@ def score(
     return Scored(images, recon, anomaly_maps(images, recon, blur), mse_scores(images, recon), latents, kl)
 
 
-METHODS = ("mse", "topk", "ssim", "latent-knn", "ensemble")  # every model's
+METHODS = ("mse", "topk", "ssim", "latent-knn", "patch-knn", "ensemble")  # every model's
 VAE_METHODS = ("elbo",)  # the variational autoencoder's own
-DEFAULT_METHOD = "latent-knn"
+DEFAULT_METHOD = "patch-knn"
 ENSEMBLE = ("latent-knn", "ssim")
 
 
@@ -354,23 +361,155 @@ class LatentKnnMaps:
         return torch.cat(out) if out else torch.empty(0, 1, *images.shape[-2:])
 
 
+PATCH_NEIGHBOURS = 10  # training normals whose feature maps patch-knn compares against, found by latent code
+PATCH_SMOOTH = 3  # the side of the neighbourhood patch-knn's grid is averaged over
+
+
+class PatchKnn:
+    """``patch-knn``, the default score: the part of an image that its best-matching normal image does not match.
+
+    1. The ``k`` training normals whose latent codes are nearest the image's are found
+       (cosine distance, as for ``latent-knn``).
+    2. Every image's last encoder feature map (the ``g x g`` grid the bottleneck reads,
+       7x7 at 28x28, 64 features a cell, each cell seeing about a third of the image) is
+       divided by its length (all cells and features together), so that what is compared
+       is the pattern of the features, not how strongly the strokes fire.
+    3. For each of those normals, a map: at each cell, the Euclidean distance between the
+       image's features and the normal's at the same cell, averaged over the cell's
+       ``smooth x smooth`` neighbourhood (cells beyond the edge left out). (Before the
+       averaging, the squares of one map's cells add up to twice the cosine distance between
+       the two feature maps.)
+    4. The map is that of the normal whose map has the lowest peak: the best match.
+       :meth:`__call__` upsamples it (bilinear) to the image; :meth:`grids` gives it on the
+       grid with the normal's position in the training images.
+    5. The image score is the map's largest cell (:meth:`scores`).
+
+    So the image score is read off the map: its brightest cell on the grid (the upsampled
+    picture's peak can lie a little below it, between cells). One normal image must match
+    every cell at once, so the image's layout counts (a model of one digit rejects the
+    others, and a plain 1 is not pieced together from the strokes of several 7s); the largest
+    cell keeps a small odd part (the closed loop that turns a 4 into a 9) from being averaged
+    away.
+
+    Args:
+        model: The trained (variational) autoencoder.
+        train_images: ``(N, C, H, W)`` the normal training images, in the order of ``reference``.
+        reference: ``(N, latent_dim)`` their latents (the retrieval set); encoded here if None.
+        k: Normals compared against.
+        smooth: The neighbourhood's side in cells (1: no averaging).
+        precision: Of the encoder's passes (default: as :func:`infer`).
+    """
+
+    def __init__(
+        self,
+        model: ConvAutoencoder,
+        train_images: torch.Tensor,
+        reference: torch.Tensor | None = None,
+        *,
+        k: int = PATCH_NEIGHBOURS,
+        smooth: int = PATCH_SMOOTH,
+        precision: Precision | None = None,
+    ) -> None:
+        if train_images.dim() != 4:
+            raise ParameterError(f"patch-knn needs the training images (N, C, H, W), not a tensor of shape {tuple(train_images.shape)}")
+        reference = encode(model, train_images, precision=precision) if reference is None else reference
+        if len(train_images) != len(reference):
+            raise ParameterError(f"{len(train_images)} training images but {len(reference)} reference latents")
+        self.model, self.train_images, self.reference = model, train_images, reference
+        self.k, self.smooth, self.precision = min(k, len(train_images)), smooth, precision
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """The encoder's last feature map of ``images``, ``(N, g * g, 64)`` float32 on the CPU, cell by cell,
+        each image's divided by its length (step 2)."""
+        device = next(self.model.parameters()).device
+        precision = self.precision or inference_precision(device)
+        self.model.eval()
+        out = []
+        for i in range(0, len(images), batch_size):
+            batch = images[i : i + batch_size].to(device).contiguous(memory_format=torch.channels_last)
+            with precision.autocast():
+                h = self.model.feature_map(batch)
+            f = h.float().permute(0, 2, 3, 1).flatten(1, 2)  # (b, L, 64)
+            out.append((f / f.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]).cpu())
+        return torch.cat(out) if out else torch.empty(0, 0, 0)
+
+    def smoothed(self, cells: torch.Tensor) -> torch.Tensor:
+        """``(..., g * g)`` cell distances averaged over each cell's neighbourhood, as ``(..., g, g)``."""
+        g = self.model._grid
+        grid = cells.reshape(-1, 1, g, g)
+        if self.smooth > 1:
+            grid = F.avg_pool2d(grid, self.smooth, 1, self.smooth // 2, count_include_pad=False)
+        return grid.reshape(*cells.shape[:-1], g, g)
+
+    @torch.inference_mode()
+    def neighbour_maps(
+        self, images: torch.Tensor, latents: torch.Tensor | None = None, chunk: int = 2048
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 3: ``(maps (N, k, g, g), neighbours (N, k))``, one map per latent-nearest normal, nearest first.
+
+        Args:
+            images: ``(N, C, H, W)`` in [0, 1].
+            latents: Their latents, where already encoded (else encoded here).
+            chunk: Images handled together (their neighbours' features are encoded once per chunk).
+        """
+        latents = encode(self.model, images, precision=self.precision) if latents is None else latents
+        maps, found = [], []
+        for i in range(0, len(images), chunk):
+            _, neighbours = nearest(self.reference, latents[i : i + chunk], self.k)  # (b, k)
+            used, where = torch.unique(neighbours, return_inverse=True)  # each normal encoded once a chunk
+            theirs = self.features(self.train_images[used])  # (u, L, 64)
+            mine = self.features(images[i : i + chunk])  # (b, L, 64)
+            cells = torch.stack([(theirs[where[:, j]] - mine).norm(dim=2) for j in range(where.shape[1])], 1)
+            maps.append(self.smoothed(cells))  # (b, k, g, g)
+            found.append(neighbours)
+        if not maps:
+            g = self.model._grid
+            return torch.empty(0, self.k, g, g), torch.empty(0, self.k, dtype=torch.long)
+        return torch.cat(maps), torch.cat(found)
+
+    def grids(self, images: torch.Tensor, latents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 4: ``(maps (N, g, g), matches (N,))``: each image's map and its best-matching normal
+        (a position in the training images)."""
+        maps, neighbours = self.neighbour_maps(images, latents)
+        best = maps.flatten(2).amax(2).argmin(1)  # the neighbour whose map has the lowest peak
+        rows = torch.arange(len(best))
+        return maps[rows, best], neighbours[rows, best]
+
+    def scores(self, images: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """The image scores ``(N,)``: each map's largest cell."""
+        grids, _ = self.grids(images, latents)
+        return grids.flatten(1).amax(1) if len(grids) else torch.empty(0)
+
+    def __call__(self, images: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """The maps ``(N, 1, H, W)``, upsampled (bilinear) from :meth:`grids` to the images' size."""
+        grids, _ = self.grids(images, latents)
+        if not len(grids):
+            return torch.empty(0, 1, *images.shape[-2:])
+        return F.interpolate(grids[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
 class Scorer:
     """Every score method, fitted on normal images only.
 
     Args:
         model: The trained autoencoder.
-        train_images: ``(N, C, H, W)`` normal training images: the kNN reference set;
-            or their ``(N, latent_dim)`` latents where already encoded (e.g.
-            :meth:`~anomalymap_helpers.runs.opened.Run.reference_latents`, cached per model).
+        train_images: ``(N, C, H, W)`` normal training images: the reference set of the kNN
+            scores (``patch-knn`` compares feature maps of the nearest of them).
         val: Validation normals, ``(M, C, H, W)`` images or what :func:`score` made of
             them: the standardisation of the ensemble.
+        reference: ``train_images``' latents where already encoded (e.g.
+            :meth:`~anomalymap_helpers.runs.opened.Run.reference_latents`, cached per model);
+            else encoded here.
         k: Neighbours of ``latent-knn``.
         topk: Pixels of ``topk``.
         blur: The maps' Gaussian sigma, where ``val`` is images.
+        precision: Of ``patch-knn``'s encoder passes (default: as :func:`infer`).
 
     Attributes:
         val_scores: Every method's ``(M,)`` scores of the validation normals (for a
             threshold), computed once here.
+        patch: The :class:`PatchKnn` of ``patch-knn`` (its maps).
     """
 
     def __init__(
@@ -379,13 +518,21 @@ class Scorer:
         train_images: torch.Tensor,
         val: torch.Tensor | Scored,
         *,
+        reference: torch.Tensor | None = None,
         k: int = 2,
         topk: int = 10,
         blur: float = 0.0,
+        precision: Precision | None = None,
     ) -> None:
+        if train_images.dim() != 4:
+            raise ParameterError(
+                f"Scorer takes the normal training images (N, C, H, W), not a tensor of shape {tuple(train_images.shape)}; "
+                "give their cached latents as reference="
+            )
         self.model, self.k, self.topk = model, k, topk
-        self.reference = train_images if train_images.dim() == 2 else encode(model, train_images)
-        base = self._base(val if isinstance(val, Scored) else score(model, val, blur=blur))
+        self.patch = PatchKnn(model, train_images, reference, precision=precision)
+        self.reference = self.patch.reference
+        base = self._base(val if isinstance(val, Scored) else score(model, val, blur=blur, precision=precision))
         self.stats = {m: (float(base[m].mean()), float(base[m].std()) or 1.0) for m in ENSEMBLE}
         self.val_scores = self._with_ensemble(base)
 
@@ -395,6 +542,7 @@ class Scorer:
             "topk": topk_scores(scored.maps, self.topk),
             "ssim": ssim_scores(scored.images, scored.reconstructions),
             "latent-knn": knn_distances(self.reference, scored.latents, self.k),
+            "patch-knn": self.patch.scores(scored.images, scored.latents),
         }
         if scored.kl is not None:
             base["elbo"] = elbo_scores(scored.scores, scored.kl, scored.images[0].numel())

@@ -166,14 +166,20 @@ class Run:
             score_maps=None if maps is None else lambda i: maps(test.images[i : i + 1])[0, 0].numpy(),
         )
 
-    def score_maps(self, method: str) -> scoring.LatentKnnMaps | None:
-        """The map of ``method`` itself where it is not read off the reconstruction error: ``latent-knn``'s
-        (:class:`~anomalymap_helpers.pipeline.scoring.LatentKnnMaps`, over the cached reference set); else None."""
+    def score_maps(self, method: str) -> scoring.PatchKnn | scoring.LatentKnnMaps | None:
+        """The map of ``method`` itself where it is not read off the reconstruction error, else None.
+
+        ``patch-knn``'s (:class:`~anomalymap_helpers.pipeline.scoring.PatchKnn`: the image score is
+        its largest cell) and ``latent-knn``'s (:class:`~anomalymap_helpers.pipeline.scoring.LatentKnnMaps`),
+        both over the cached reference set. Call it on images ``(B, C, H, W)`` for ``(B, 1, H, W)`` maps.
+        """
         from anomalymap_helpers.pipeline import scoring
 
-        if method != "latent-knn":
-            return None
-        return scoring.LatentKnnMaps(self.model, self.splits["train"].images, self.reference_latents())
+        if method == "patch-knn":
+            return scoring.PatchKnn(self.model, self.splits["train"].images, self.reference_latents())
+        if method == "latent-knn":
+            return scoring.LatentKnnMaps(self.model, self.splits["train"].images, self.reference_latents())
+        return None
 
     def check_beside(self, other_dir: str | os.PathLike[str]) -> RunFiles:
         """Refuse another run folder made on a different split (or not scored by 03); return its files."""

@@ -1,4 +1,4 @@
-"""The command line: ``python -m anomalymap_helpers run|train|export|time-to-detector|schedule-curve|compare-models|precision-report|screenshot|params|example-folder|benchmark|speed|explorer-latency ...``."""
+"""The command line: ``python -m anomalymap_helpers run|train|export|time-to-detector|schedule-curve|compare-models|score-selection|precision-report|screenshot|params|example-folder|benchmark|speed|explorer-latency ...``."""
 
 from __future__ import annotations
 
@@ -74,6 +74,14 @@ def _schedule_curve(args: argparse.Namespace) -> int:
 
     run_curve(args.schedule or ["5x256", "1x32"], args.seeds, args.out, every=args.every,
               mnist_dir=args.mnist_dir, figure=args.figure)
+    return 0
+
+
+def _score_selection(args: argparse.Namespace) -> int:
+    from anomalymap_helpers.tools.score_selection import run_selection
+
+    protocols = ("leave-one-out", "one-class") if args.protocol == "both" else (args.protocol,)
+    run_selection(args.dataset, protocols, tuple(args.digits), args.out)
     return 0
 
 
@@ -261,6 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--max-train", type=int, default=0, help="cap on normal training images (0: all)")
     cmp.add_argument("--max-test", type=int, default=0, help="cap on test images (0: all)")
     cmp.set_defaults(func=_compare_models)
+    sel = sub.add_parser(
+        "score-selection", help="how the default score was chosen: candidates on a split of the training images"
+    )
+    sel.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    sel.add_argument("--protocol", default="both", choices=["leave-one-out", "one-class", "both"])
+    sel.add_argument("--digits", type=int, nargs="+", default=list(range(10)), metavar="CLASS")
+    sel.add_argument("--out", default="results/score-selection", metavar="DIR", help="one folder for every data set")
+    sel.set_defaults(func=_score_selection)
     prec = sub.add_parser(
         "precision-report", help="the run's scores in fp32 against mixed precision (bf16/fp16) on the same weights"
     )

@@ -1,4 +1,4 @@
-"""The trained detector as one ONNX file: images in, anomaly map and score out.
+"""The trained detector as one ONNX file: images in, anomaly maps and score out.
 
 ``python -m anomalymap_helpers export --results DIR [--out FILE.onnx] [--input uint8|float]``
 writes a model that takes a batch of images as a user has them, ``N x C x H x W`` at
@@ -7,10 +7,13 @@ the run's size: ``uint8`` 0-255 (the default: what a PNG decodes to) or ``float`
 
 - ``map``: ``N x 1 x H x W``, the anomaly map of notebook 03 (``|x - x̂|`` averaged
   over channels, blurred by the run's ``map_blur``);
-- ``score``: ``N``, the image score of the run's score method. For ``latent-knn`` and
-  ``ensemble`` the reference set (the normal training images' unit-length latents,
-  and the ensemble's validation mean and spread) is a constant inside the graph, so
-  the one file is all a user needs.
+- ``score``: ``N``, the image score of the run's score method. For ``latent-knn``,
+  ``patch-knn`` and ``ensemble`` the reference set (the normal training images'
+  unit-length latents; for ``patch-knn`` the images themselves too, as bytes, whose
+  feature maps it compares; the ensemble's validation mean and spread) is a constant
+  inside the graph, so the one file is all a user needs;
+- ``score_map``: ``N x 1 x H x W``, for ``patch-knn`` its own map (upsampled from the
+  encoder's grid, whose largest cell is the score); for the other methods the same as ``map``.
 
 Its metadata (``session.get_modelmeta().custom_metadata_map`` in onnxruntime) holds
 the threshold of notebook 03, the score method, the image size and channels, the input
@@ -37,10 +40,11 @@ from anomalymap_helpers.runs import storage
 
 INPUTS = ("uint8", "float")
 OPSET = 18
+NEEDS_REFERENCE = ("latent-knn", "patch-knn", "ensemble")  # methods that look up the training normals' latents
 
 
 class Detector(nn.Module):
-    """Images to ``(map, score)``: the autoencoder, the map and one score method, in plain layers.
+    """Images to ``(map, score, score_map)``: the autoencoder, the maps and one score method, in plain layers.
 
     Args:
         model: The trained autoencoder (its weights are copied).
@@ -48,6 +52,8 @@ class Detector(nn.Module):
         blur: The maps' Gaussian sigma in pixels.
         reference: ``(N, latent_dim)`` latents of the normal training images (kNN methods).
         stats: The ensemble's ``{method: (mean, std)}`` on validation normals.
+        train_images: ``(N, C, H, W)`` the normal training images in [0, 1] (``patch-knn``
+            compares feature maps of the nearest of them; kept as 0-255 bytes).
         k: Neighbours of ``latent-knn``; topk: pixels of ``topk``.
         uint8: Whether the input is 0-255 (else float 0-1).
     """
@@ -59,6 +65,7 @@ class Detector(nn.Module):
         blur: float,
         reference: torch.Tensor | None = None,
         stats: dict[str, tuple[float, float]] | None = None,
+        train_images: torch.Tensor | None = None,
         *,
         k: int = 2,
         topk: int = 10,
@@ -70,21 +77,53 @@ class Detector(nn.Module):
         self.net = ReferenceAutoencoder(copy.cpu().float()).eval()
         self.method, self.blur, self.k, self.topk, self.uint8 = method, float(blur), k, topk, uint8
         self.stats = dict(stats or {})
-        needs_reference = method in ("latent-knn", "ensemble")
+        needs_reference = method in NEEDS_REFERENCE
         if needs_reference and reference is None:
             raise ValueError(f"score method {method!r} needs the reference latents")
+        if method == "patch-knn" and train_images is None:
+            raise ValueError("score method 'patch-knn' needs the training images")
         unit = F.normalize(reference.float(), dim=1) if needs_reference else torch.zeros(0)
         self.register_buffer("reference", unit)
+        kept = (train_images * 255).round().to(torch.uint8) if method == "patch-knn" else torch.zeros(0, dtype=torch.uint8)
+        self.register_buffer("train_images", kept)
+        self.patch_k, self.smooth = scoring.PATCH_NEIGHBOURS, scoring.PATCH_SMOOTH
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = images.to(torch.float32)
         if self.uint8:
             x = x / 255.0
-        z = self.net.encoder(x)
+        h = self.net.encoder[:-2](x)  # the last feature map
+        z = self.net.encoder[-2:](h)
         g = self.net._grid
         recon = self.net.decoder(self.net.up(self.net.decoder_fc(z).view(-1, 64, g, g)))
         maps = scoring.anomaly_maps(x, recon, self.blur)
-        return maps, self._score(self.method, x, recon, maps, z)
+        if self.method == "patch-knn":
+            grid = self._patch_grid(h, z)
+            own = F.interpolate(grid, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            return maps, grid.flatten(1).amax(1), own
+        return maps, self._score(self.method, x, recon, maps, z), maps
+
+    def _unit_cells(self, h: torch.Tensor) -> torch.Tensor:
+        """A feature map ``(B, 64, g, g)`` divided by its length, as ``(B, 64, g * g)``."""
+        f = h.flatten(2)
+        return f / f.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
+
+    def _patch_grid(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``patch-knn``'s map on the grid ``(B, 1, g, g)`` (see :class:`~anomalymap_helpers.pipeline.scoring.PatchKnn`)."""
+        k = min(self.patch_k, self.reference.shape[0])
+        near = (F.normalize(z, dim=1) @ self.reference.T).topk(k, dim=1).indices  # (B, k)
+        theirs = self.train_images[near.flatten()].to(torch.float32) / 255.0
+        t = self._unit_cells(self.net.encoder[:-2](theirs))  # (B * k, 64, L)
+        mine = self._unit_cells(h)  # (B, 64, L)
+        t = t.view(mine.shape[0], k, *mine.shape[1:])
+        cells = (t - mine[:, None]).norm(dim=2)  # (B, k, L): one map per normal
+        g = self.net._grid
+        grids = cells.reshape(-1, 1, g, g)
+        if self.smooth > 1:
+            grids = F.avg_pool2d(grids, self.smooth, 1, self.smooth // 2, count_include_pad=False)
+        grids = grids.reshape(-1, k, g * g)
+        best = grids.amax(2).argmin(1)  # the normal whose map has the lowest peak
+        return grids.gather(1, best[:, None, None].expand(-1, 1, g * g)).view(-1, 1, g, g)
 
     def _knn(self, z: torch.Tensor) -> torch.Tensor:
         sim = F.normalize(z, dim=1) @ self.reference.T
@@ -128,13 +167,15 @@ def detector_for(run: Any, *, uint8: bool = True) -> tuple[Detector, dict[str, s
         )
     model = run.model.cpu()
     blur = float(evaluation.get("map_blur", 0.0))
-    reference = stats = None
-    if method in ("latent-knn", "ensemble"):
+    reference = stats = train_images = None
+    if method in NEEDS_REFERENCE:
         reference = run.reference_latents().cpu()
     if method == "ensemble":
-        scorer = scoring.Scorer(model, reference, run.splits["val"].images, blur=blur)
+        scorer = scoring.Scorer(model, run.splits["train"].images, run.splits["val"].images, reference=reference, blur=blur)
         stats = scorer.stats
-    detector = Detector(model, method, blur, reference, stats, uint8=uint8).eval()
+    if method == "patch-knn":
+        train_images = run.splits["train"].images
+    detector = Detector(model, method, blur, reference, stats, train_images, uint8=uint8).eval()
     test = run.splits["test"]
     _, channels, size, _ = test.images.shape
     meta = {
@@ -147,12 +188,15 @@ def detector_for(run: Any, *, uint8: bool = True) -> tuple[Detector, dict[str, s
         "input": "uint8 0-255" if uint8 else "float32 0-1",
         "input_layout": "N x C x H x W",
         "outputs": "map: N x 1 x H x W anomaly map (|x - reconstruction|, channel mean, blurred); "
-        "score: N image scores, anomaly where score > threshold",
+        "score: N image scores, anomaly where score > threshold; "
+        + ("score_map: N x 1 x H x W patch-knn's own map, upsampled from the encoder's grid (the score is "
+           "that grid's largest cell)" if method == "patch-knn" else "score_map: the same as map"),
         "dataset": run.dataset,
         "class_names": json.dumps(list(test.class_names)),
         "normal_classes": json.dumps(list(run.manifest["config"]["normal_classes"])),
         "anomaly_classes": json.dumps(list(run.manifest["config"]["anomaly_classes"])),
-        "reference_set": f"{len(reference)} normal training latents, inside the graph" if reference is not None else "none",
+        "reference_set": (f"{len(reference)} normal training latents" + (" and images" if train_images is not None else "")
+                          + ", inside the graph") if reference is not None else "none",
         "versions": json.dumps(_versions()),
     }
     return detector, meta
@@ -211,7 +255,7 @@ def write_onnx(detector: Detector, example: torch.Tensor, meta: dict[str, str], 
                 (example,),
                 raw,
                 input_names=["images"],
-                output_names=["map", "score"],
+                output_names=["map", "score", "score_map"],
                 dynamic_shapes={"images": {0: batch}},
                 opset_version=OPSET,
                 dynamo=True,
@@ -256,11 +300,10 @@ def check_export(path: str | os.PathLike[str], run: Any, batch_size: int = 512) 
     method, blur = ev["score"], float(ev.get("map_blur", 0.0))
     model = run.model.cpu()
     fp32 = Precision("fp32", "cpu")
-    reference = run.reference_latents().cpu() if method in ("latent-knn", "ensemble") else None
     val = scoring.score(model, run.splits["val"].images, blur=blur, precision=fp32)
-    # The Scorer computes every method; a method without a reference set needs no real one.
-    stand_in = reference if reference is not None else run.splits["train"].images[:2]
-    scorer = scoring.Scorer(model, stand_in, val, blur=blur)
+    scorer = scoring.Scorer(
+        model, run.splits["train"].images, val, reference=run.reference_latents().cpu(), blur=blur, precision=fp32
+    )
 
     def torch_path() -> tuple[torch.Tensor, torch.Tensor]:
         test = scoring.score(model, images, blur=blur, precision=fp32)

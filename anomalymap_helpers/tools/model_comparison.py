@@ -24,7 +24,7 @@ from anomalymap_helpers.runs import storage
 from anomalymap_helpers.runs.paths import resolve
 
 MODELS = ("ae", "vae")
-SHOWN = ("latent-knn", "mse", "elbo")  # the default score, the original one, the VAE's own
+SHOWN = ("patch-knn", "latent-knn", "mse", "elbo")  # the default score, the old default, the original one, the VAE's own
 
 
 def _mean_sd(values: list[float], digits: int = 3) -> str:
@@ -69,8 +69,8 @@ def compare_models(
                     "average_precision": m.average_precision, "recall_at_5pct_fpr": m.recall_at_5pct_fpr,
                     "val_mse": result.history[-1]["val_loss"], "train_seconds": seconds,
                 })
-            knn = next(r for r in rows[::-1] if r["model"] == model and r["method"] == "latent-knn")
-            print(f"  {seconds:.1f} s, val MSE {knn['val_mse']:.5f}, latent-knn ROC-AUC {knn['roc_auc']:.3f}", flush=True)
+            own = next(r for r in rows[::-1] if r["model"] == model and r["method"] == scoring.DEFAULT_METHOD)
+            print(f"  {seconds:.1f} s, val MSE {own['val_mse']:.5f}, {scoring.DEFAULT_METHOD} ROC-AUC {own['roc_auc']:.3f}", flush=True)
     folder = Path(resolve(out))
     keys = ["model", "seed", "method", "roc_auc", "average_precision", "recall_at_5pct_fpr", "val_mse", "train_seconds"]
     storage.write_csv(folder / "runs.csv", keys, ([r[k] for k in keys] for r in rows))

@@ -3,7 +3,7 @@
 ``python -m anomalymap_helpers schedule-curve [--schedule EPOCHSxBATCH]... [--seeds 3]`` trains the
 default model on the default MNIST split (digits 0-8 normal) once per schedule and seed, with
 the project's loop, and every ``--every`` images measures the validation MSE (normals only)
-and the digit-9 ROC-AUC of the default score (``latent-knn``). It writes ``curve.csv`` and
+and the digit-9 ROC-AUC of ``latent-knn`` (the default score when the schedule was chosen). It writes ``curve.csv`` and
 ``summary.json``, prints a table (mean ± sample std over seeds at the end of each schedule,
 with its training seconds, evaluation time excluded) and draws ``schedule_curve.png``.
 

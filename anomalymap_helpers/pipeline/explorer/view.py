@@ -33,7 +33,7 @@ class Explorer:
         is_anomaly: ``(N,)`` bool.
         threshold: Scores above it are called anomalies.
         scores: ``(N,)`` scores to show and threshold; default the MSE of ``scored``.
-        score_name: What the scores are (e.g. ``"latent-knn"``), shown in captions.
+        score_name: What the scores are (e.g. ``"patch-knn"``), shown in captions.
         indices: ``(N,)`` positions in the source dataset, shown in titles.
         scale: ``"per-image"`` or ``"global"`` colour scale of the map.
         class_names: The name of each label (e.g. ``"digit 9"``, ``"scratch"``).
@@ -42,9 +42,9 @@ class Explorer:
         rules: The threshold of each threshold rule by name (e.g. ``{"percentile": ...,
             "otsu": ...}``, see :func:`~anomalymap_helpers.pipeline.metrics.choose_threshold`):
             the widget switches between them and marks them on the histogram.
-        score_maps: Where the score is not read off the reconstruction error (``latent-knn``), a
-            function from a test position to that image's ``(H, W)`` map of the score (e.g.
-            :class:`~anomalymap_helpers.pipeline.scoring.LatentKnnMaps`): the view shows it
+        score_maps: Where the score is not read off the reconstruction error (``patch-knn``,
+            ``latent-knn``), a function from a test position to that image's ``(H, W)`` map of the
+            score (e.g. :class:`~anomalymap_helpers.pipeline.scoring.PatchKnn`): the view shows it
             beside the reconstruction error. Computed when an image is first shown, then kept.
     """
 

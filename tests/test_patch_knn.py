@@ -1,0 +1,123 @@
+"""``patch-knn``, the default score (``scoring.PatchKnn``), against a brute-force reference written
+from its definition with NumPy loops and the plain (unfused) encoder layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from anomalymap_helpers.errors import ParameterError
+from anomalymap_helpers.pipeline import scoring
+from anomalymap_helpers.pipeline.model import ConvAutoencoder, ConvVAE, ModelConfig
+
+
+def _setup(model_type: type = ConvAutoencoder, size: int = 28, channels: int = 1) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = model_type(ModelConfig(latent_dim=16, image_size=size, channels=channels)).eval()
+    return model, torch.rand(30, channels, size, size)
+
+
+def _plain_features(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """The last feature map ``(N, 64, g, g)`` through the layers one by one (NCHW, no fusing)."""
+    h = x.float().contiguous()
+    with torch.no_grad():
+        for layer in [*model.encoder[:6], *model.down]:
+            h = layer(h)
+    return h.double().numpy()
+
+
+def _brute_force(
+    model: torch.nn.Module, train: torch.Tensor, queries: torch.Tensor, k: int, smooth: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(grids (M, g, g), matches (M,))`` by the definition, one image, neighbour, cell and window at a time."""
+    with torch.no_grad():
+        zt, zq = model.encode(train).double().numpy(), model.encode(queries).double().numpy()
+    ft, fq = _plain_features(model, train), _plain_features(model, queries)
+    grids, matches = [], []
+    for m in range(len(queries)):
+        cosine = [1 - zq[m] @ zt[n] / (np.linalg.norm(zq[m]) * np.linalg.norm(zt[n])) for n in range(len(train))]
+        near = np.argsort(cosine, kind="stable")[:k]
+        mine = fq[m] / np.linalg.norm(fq[m])
+        _, g, _ = mine.shape
+        best = None
+        for n in near:
+            theirs = ft[n] / np.linalg.norm(ft[n])
+            cells = np.sqrt(((mine - theirs) ** 2).sum(0))  # (g, g): same cell, one normal
+            r = smooth // 2
+            smoothed = np.empty((g, g))
+            for i in range(g):
+                for j in range(g):
+                    smoothed[i, j] = cells[max(i - r, 0) : i + r + 1, max(j - r, 0) : j + r + 1].mean()  # edges left out
+            if best is None or smoothed.max() < best[0].max():
+                best = (smoothed, n)
+        grids.append(best[0])
+        matches.append(best[1])
+    return np.stack(grids), np.array(matches)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "size", "channels", "k", "smooth"),
+    [(ConvAutoencoder, 28, 1, 3, 3), (ConvVAE, 28, 1, 1, 3), (ConvAutoencoder, 64, 3, 4, 1), (ConvAutoencoder, 28, 1, 5, 5)],
+)
+def test_grids_and_scores_equal_a_brute_force_reference(
+    model_type: type, size: int, channels: int, k: int, smooth: int
+) -> None:
+    model, train = _setup(model_type, size, channels)
+    queries = torch.rand(7, channels, size, size)
+    patch = scoring.PatchKnn(model, train, k=k, smooth=smooth)
+    expected, matches = _brute_force(model, train, queries, k, smooth)
+    maps, neighbours = patch.neighbour_maps(queries, chunk=3)  # chunks smaller than the queries
+    assert maps.shape == (7, k, model._grid, model._grid) and neighbours.shape == (7, k)
+    grids, found = patch.grids(queries)
+    np.testing.assert_allclose(grids.numpy(), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(found.numpy(), matches)  # the best-matching normal
+    # The image score is the map's largest cell.
+    np.testing.assert_allclose(patch.scores(queries).numpy(), expected.reshape(len(queries), -1).max(1), rtol=1e-4, atol=1e-5)
+
+
+def test_the_scorer_and_the_run_map_agree_with_the_score() -> None:
+    model, train = _setup()
+    val, test = torch.rand(6, 1, 28, 28), torch.rand(5, 1, 28, 28)
+    scorer = scoring.Scorer(model, train, val)
+    patch = scoring.PatchKnn(model, train, scoring.encode(model, train))
+    scores = scorer.all_scores(scoring.score(model, test))["patch-knn"]
+    torch.testing.assert_close(scores, patch.scores(test))
+    torch.testing.assert_close(scorer.val_scores["patch-knn"], patch.scores(val))
+    maps = patch(test)
+    assert maps.shape == (5, 1, 28, 28) and float(maps.min()) >= 0
+    # The upsampled picture's peak is at most the score (bilinear weights are convex) and near it.
+    peaks = maps.flatten(1).amax(1)
+    assert bool((peaks <= scores + 1e-6).all()) and bool((peaks >= 0.5 * scores).all())
+
+
+def test_a_training_image_matches_itself_everywhere() -> None:
+    model, train = _setup()
+    patch = scoring.PatchKnn(model, train, k=3)
+    own, matches = patch.grids(train[:4])
+    assert float(own.abs().max()) < 1e-6  # its best match is itself, cell by cell
+    assert matches.tolist() == [0, 1, 2, 3]
+    assert float(patch.scores(torch.rand(3, 1, 28, 28)).min()) > 0.01
+
+
+def test_brightness_alone_does_not_move_the_map() -> None:
+    """Each feature map is divided by its length, so an image whose features are all scaled (a
+    uniformly fainter copy, through the ReLU encoder with zero biases) matches its original."""
+    model, train = _setup()
+    with torch.no_grad():
+        for layer in [*model.encoder[:6], *model.down]:
+            if hasattr(layer, "bias") and layer.bias is not None:
+                layer.bias.zero_()
+    patch = scoring.PatchKnn(model, train, k=1)
+    faint, _ = patch.grids(0.4 * train[:3])
+    assert float(faint.abs().max()) < 1e-5
+
+
+def test_refusals_name_what_to_give() -> None:
+    model, train = _setup()
+    with pytest.raises(ParameterError, match="30 training images but 29 reference latents"):
+        scoring.PatchKnn(model, train, scoring.encode(model, train)[:-1])
+    with pytest.raises(ParameterError, match=r"needs the training images \(N, C, H, W\)"):
+        scoring.PatchKnn(model, scoring.encode(model, train))
+    with pytest.raises(ParameterError, match="give their cached latents as reference="):
+        scoring.Scorer(model, scoring.encode(model, train), torch.rand(4, 1, 28, 28))
