@@ -67,3 +67,24 @@ def test_rows_without_the_recall_columns_are_not_resumed(tmp_path: Path) -> None
     (tmp_path / "settings.json").write_text(__import__("json").dumps(old))
     with pytest.raises(ParameterError, match=r"columns: there None, now \['protocol'.*'recall_at_5pct_fpr'\]"):
         benchmark.check_settings(tmp_path, benchmark.QUICK, True)
+
+
+def test_rows_of_another_method_set_are_not_resumed(tmp_path: Path) -> None:
+    """A folder scored before patch-knn existed (the old method set) is refused, the sets named."""
+    _rows(tmp_path, [0.6])
+    old = benchmark.check_settings(tmp_path / "new", benchmark.QUICK, True)
+    old["methods"] = [m for m in old["methods"] if m != "patch-knn"]
+    (tmp_path / "settings.json").write_text(__import__("json").dumps(old))
+    with pytest.raises(ParameterError, match=r"methods: there \[.*'latent-knn', 'ensemble'\], now \[.*'latent-knn', 'patch-knn'"):
+        benchmark.check_settings(tmp_path, benchmark.QUICK, True)
+
+
+def test_the_default_column_comes_first(tmp_path: Path) -> None:
+    path = tmp_path / "benchmark.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(benchmark.COLUMNS)
+        for method, auc in (("mse", 0.9), ("latent-knn", 0.95), ("patch-knn", 0.5)):  # the default scores worst here
+            w.writerow(["one-class", 3, 0, method, auc, 0.5, 0.1, 0.2])
+    header = benchmark.summarize(path, ("one-class",), (3,), 1).splitlines()[2]
+    assert header == "| class | patch-knn (default) | mse | latent-knn |"
