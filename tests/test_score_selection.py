@@ -34,15 +34,14 @@ def test_candidates_agree_with_the_shipped_score_and_each_other() -> None:
     scores = score_selection.candidate_scores(patch, queries, features)
     assert set(scores) == set(score_selection.CANDIDATES) - {"feature-knn + patch-knn, each cell its nearest"}
     torch.testing.assert_close(scores["patch-knn"], patch.scores(queries))
-    # Each cell its nearest normal: the same cell distances as PatchKnn's, the minimum over the normals.
+    # Each cell its nearest normal: PatchKnn's unsmoothed cell distances, the minimum over the normals.
     latents = scoring.encode(model, queries)
     maps, _ = scoring.PatchKnn(model, train, k=4, smooth=1).neighbour_maps(queries)
-    same = score_selection._per_neighbour(patch, queries, latents, any_cell=False)
-    torch.testing.assert_close(same, maps.flatten(2))
     torch.testing.assert_close(scores["patch-knn, each cell its nearest, no 3x3 mean"], maps.amin(1).flatten(1).amax(1))
     # Any cell includes the same cell, so it is never farther; a patchwork of normals never farther than one.
-    anywhere = score_selection._per_neighbour(patch, queries, latents, any_cell=True)
-    assert bool((anywhere <= same + 1e-6).all())
+    anywhere = score_selection._any_cell(patch, queries, latents)
+    assert anywhere.shape == maps.flatten(2).shape and bool((anywhere <= maps.flatten(2) + 1e-6).all())
+    assert bool((anywhere.amin(2) < maps.flatten(2).amin(2) - 1e-6).any())  # and somewhere nearer
     assert bool((scores["patch-knn, each cell its nearest"] <= scores["patch-knn"] + 1e-6).all())
     # feature-knn: the cosine distance of whole feature maps, by brute force.
     with torch.no_grad():

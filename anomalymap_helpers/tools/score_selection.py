@@ -63,18 +63,15 @@ def dev_data(images: Any) -> Any:
     )
 
 
-def _per_neighbour(patch: scoring.PatchKnn, images: torch.Tensor, latents: torch.Tensor, any_cell: bool) -> torch.Tensor:
-    """Cell distances ``(M, k, L)`` to each of the ``k`` latent-nearest normals (same cell, or nearest of any cell)."""
+def _any_cell(patch: scoring.PatchKnn, images: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """``(M, k, L)``: per cell, the distance to the nearest feature at *any* cell of each latent-nearest normal."""
     _, near = scoring.nearest(patch.reference, latents, patch.k)
     out = []
     for i in range(0, len(images), 512):
         mine = patch.features(images[i : i + 512])  # (b, L, C)
         theirs = patch.features(patch.train_images[near[i : i + 512].flatten()]).view(len(mine), patch.k, *mine.shape[1:])
-        if any_cell:
-            d = torch.cdist(mine, theirs.flatten(1, 2)).view(len(mine), -1, patch.k, mine.shape[1]).amin(3)
-            out.append(d.transpose(1, 2))
-        else:
-            out.append((theirs - mine[:, None]).norm(dim=3))
+        d = torch.cdist(mine, theirs.flatten(1, 2)).view(len(mine), -1, patch.k, mine.shape[1]).amin(3)
+        out.append(d.transpose(1, 2))
     return torch.cat(out)
 
 
@@ -95,8 +92,8 @@ def candidate_scores(patch: scoring.PatchKnn, images: torch.Tensor, train_featur
     """
     latents = scoring.encode(patch.model, images)
     g = patch.model._grid
-    same = _per_neighbour(patch, images, latents, any_cell=False)  # (M, k, L)
-    cells = same.amin(1)
+    plain = scoring.PatchKnn(patch.model, patch.train_images, patch.reference, k=patch.k, smooth=1)
+    cells = plain.neighbour_maps(images, latents)[0].flatten(2).amin(1)  # (M, L): each cell its nearest normal
     return {
         "latent-knn": scoring.knn_distances(patch.reference, latents, 2),
         "feature-knn": scoring.knn_distances(train_features, patch.features(images).flatten(1), 2),
@@ -104,7 +101,7 @@ def candidate_scores(patch: scoring.PatchKnn, images: torch.Tensor, train_featur
         "patch-knn, each cell its nearest": _mean3(cells, g).amax(1),
         "patch-knn, each cell its nearest, no 3x3 mean": cells.amax(1),
         "patch-knn, each cell its nearest, sum of squares": cells.pow(2).sum(1),
-        "patch-knn, any cell": _mean3(_per_neighbour(patch, images, latents, any_cell=True).amin(1), g).amax(1),
+        "patch-knn, any cell": _mean3(_any_cell(patch, images, latents).amin(1), g).amax(1),
     }
 
 
