@@ -96,9 +96,36 @@ def test_triptychs_add_a_column_for_the_score_map() -> None:
     assert len([ax for ax in plain.axes if ax.images]) == 2 * 3 and len(plain.axes) == 2 * 3 + 2
 
 
+def test_the_explorer_shows_the_normal_that_patch_knns_map_compares_against() -> None:
+    model, train, reference = _setup()
+    test = torch.rand(4, 1, 28, 28)
+    patch = scoring.PatchKnn(model, train, reference, k=5)
+    grids, matches = patch.grids(test)
+    maps, explained = patch.explain(test)
+    assert torch.equal(explained, matches)
+    labels = torch.tensor([0, 9, 0, 9])
+
+    def nearest(i: int) -> tuple[torch.Tensor, str]:
+        m = int(patch.explain(test[i : i + 1])[1][0])
+        return train[m], f"training #{m}"
+
+    ex = Explorer(scoring.score(model, test), labels, labels == 9, 0.5, score_name="patch-knn",
+                  score_maps=lambda i: maps[i, 0].numpy(), nearest=nearest)
+    for i in (1, 2):
+        panels = [ax for ax in render.figure(ex, i).axes if ax.images]
+        assert len(panels) == 5
+        m = int(matches[i])
+        assert panels[3].get_title() == f"best match: training #{m}"
+        np.testing.assert_array_equal(panels[3].images[0].get_array(), train[m, 0].numpy())
+        assert panels[4].get_title() == "patch-knn map"
+        # The map drawn is the best match's: its largest cell is the image's score.
+        np.testing.assert_allclose(panels[4].images[0].get_array(), maps[i, 0].numpy())
+        assert float(grids[i].max()) == pytest.approx(float(patch.scores(test[i : i + 1])[0]))
+
+
 @pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("with_map", [False, True])
-def test_the_reused_view_draws_what_a_new_figure_draws(channels: int, with_map: bool) -> None:
+@pytest.mark.parametrize("with_map", ["none", "map", "map and best match"])
+def test_the_reused_view_draws_what_a_new_figure_draws(channels: int, with_map: str) -> None:
     """png() keeps one figure and swaps its contents; each view must equal a figure made afresh:
     other images, a mask then none, the global scale, another threshold."""
     import io
@@ -112,10 +139,16 @@ def test_the_reused_view_draws_what_a_new_figure_draws(channels: int, with_map: 
     masks[1, :, 5:12, 8:20] = 1
     masks[3, :, 15:25, 2:9] = 1
     train = torch.rand(12, channels, 28, 28)
-    maps = scoring.LatentKnnMaps(model, train, scoring.encode(model, train))
-    one = (lambda i: maps(test[i : i + 1])[0, 0].numpy()) if with_map else None
+    if with_map == "map and best match":
+        patch = scoring.PatchKnn(model, train, k=3)
+        one = lambda i: patch(test[i : i + 1])[0, 0].numpy()  # noqa: E731
+        nearest = lambda i: (train[int(patch.grids(test[i : i + 1])[1][0])], f"training #{i}")  # noqa: E731
+    else:
+        maps = scoring.LatentKnnMaps(model, train, scoring.encode(model, train))
+        one = (lambda i: maps(test[i : i + 1])[0, 0].numpy()) if with_map == "map" else None
+        nearest = None
     labels = torch.tensor([0, 1, 0, 1, 0])
-    ex = Explorer(scoring.score(model, test), labels, labels == 1, 0.3, masks=masks, score_maps=one)
+    ex = Explorer(scoring.score(model, test), labels, labels == 1, 0.3, masks=masks, score_maps=one, nearest=nearest)
 
     def fresh(i: int, threshold: float | None = None, scale: str | None = None) -> np.ndarray:
         buf = io.BytesIO()

@@ -492,12 +492,18 @@ class PatchKnn:
         grids, _ = self.grids(images, latents)
         return grids.flatten(1).amax(1) if len(grids) else torch.empty(0)
 
-    def __call__(self, images: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
-        """The maps ``(N, 1, H, W)``, upsampled (bilinear) from :meth:`grids` to the images' size."""
-        grids, _ = self.grids(images, latents)
+    def explain(self, images: torch.Tensor, latents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(maps (N, 1, H, W), matches (N,))``: :meth:`grids`' maps upsampled (bilinear) to the images'
+        size, and each image's best-matching normal (a position in the training images), the image
+        its map compares against."""
+        grids, matches = self.grids(images, latents)
         if not len(grids):
-            return torch.empty(0, 1, *images.shape[-2:])
-        return F.interpolate(grids[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)
+            return torch.empty(0, 1, *images.shape[-2:]), matches
+        return F.interpolate(grids[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False), matches
+
+    def __call__(self, images: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
+        """The maps ``(N, 1, H, W)`` of :meth:`explain`."""
+        return self.explain(images, latents)[0]
 
 
 class Scorer:

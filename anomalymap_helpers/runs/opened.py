@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -150,6 +150,19 @@ class Run:
         names = storage.read_json(self.files.image_names) if folder and self.files.image_names.exists() else None
         score_name = self.evaluation.get("score", "mse")
         maps = self.score_maps(score_name)
+        train = self.splits["train"]
+
+        @cache
+        def explained(i: int) -> tuple[Any, int]:  # one image's score map, and its best normal match (patch-knn)
+            if isinstance(maps, scoring.PatchKnn):
+                full, match = maps.explain(test.images[i : i + 1])
+                return full[0, 0].numpy(), int(match[0])
+            return maps(test.images[i : i + 1])[0, 0].numpy(), -1
+
+        def best_match(i: int) -> tuple[Any, str]:
+            m = explained(i)[1]
+            return train.images[m], f"training #{int(train.indices[m])}"
+
         return Explorer(
             scoring.score(self.model, test.images, blur=blur),  # reconstructions and maps, computed once
             test.labels,
@@ -163,7 +176,8 @@ class Run:
             masks=test.masks,
             names=names,
             rules=self.threshold_rules(),
-            score_maps=None if maps is None else lambda i: maps(test.images[i : i + 1])[0, 0].numpy(),
+            score_maps=None if maps is None else lambda i: explained(i)[0],
+            nearest=best_match if isinstance(maps, scoring.PatchKnn) else None,
         )
 
     def score_maps(self, method: str) -> scoring.PatchKnn | scoring.LatentKnnMaps | None:

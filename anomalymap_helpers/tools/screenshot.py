@@ -172,6 +172,16 @@ def flagged_anomaly_point(run: Any) -> tuple[int, str]:
     return k, f"test image #{int(run.splits['test'].indices[lx.positions[k]])}"
 
 
+def flagged_anomaly_pick(run: Any, most: int = 60) -> tuple[int, str] | None:
+    """For a picture of 04 on an image its score flags: the first flagged anomaly of the explorer's
+    "anomalies" subset, as ``(its place in that subset, its title)``; None if none of the first ``most`` is."""
+    ex = run.explorer()
+    for k, i in enumerate(ex.positions("anomaly")[:most]):
+        if ex.verdict(int(i)) == "anomaly":
+            return k, ex.title(int(i))
+    return None
+
+
 def screenshot(
     results: str | os.PathLike[str],
     out: str | os.PathLike[str] = "docs/explorer_jupyterlab.png",
@@ -182,6 +192,8 @@ def screenshot(
 ) -> Path:
     """Save a picture of notebook 04's explorer on the run ``results`` (see the module's note).
 
+    On 04 the explorer shows its first flagged anomaly (:func:`flagged_anomaly_pick`: "show" set to
+    anomalies, the image slider stepped with the arrow key), so the picture shows a map explaining a verdict.
     ``notebook="05"``: notebook 05's linked map instead (the run needs 01-05), with a flagged anomaly
     clicked (:func:`flagged_anomaly_point`) and its triptych beside the map.
     """
@@ -194,8 +206,11 @@ def screenshot(
     run_dir = resolve(results)
     run = Run.open(run_dir, data_dir=data_dir, mnist_dir=mnist_dir or None, device="cpu")
     run.evaluation  # noqa: B018 - 01-03 done?
+    pick = None
     if notebook == "05":
         point, title = flagged_anomaly_point(run)
+    else:
+        pick = flagged_anomaly_pick(run)
     if not Path(CHROMIUM).exists():
         raise AnomalyMapError(f"no Chromium at {CHROMIUM}: apt-get install chromium")
     try:
@@ -226,6 +241,14 @@ def screenshot(
                     click_point(page, point)
                     page.locator(".anomalymap-linked-summary", has_text=title).wait_for(timeout=30_000)
                     page.mouse.move(5, 5)  # no hover label over the picture
+                elif pick is not None:
+                    steps, title = pick
+                    page.locator(".anomalymap-subset select").select_option(label="anomalies")
+                    handle = page.locator(".anomalymap-image .noUi-handle").first
+                    for _ in range(steps):
+                        handle.press("ArrowRight")
+                    page.locator(".anomalymap-status", has_text=f"{title} (").first.wait_for(timeout=30_000)
+                    page.mouse.move(5, 5)
                 widget.scroll_into_view_if_needed()
                 page.wait_for_timeout(500)  # the last images decoded
                 if page.locator(".jp-toast-container .Toastify__toast").count():

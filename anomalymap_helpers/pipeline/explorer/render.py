@@ -23,18 +23,23 @@ if TYPE_CHECKING:
 
 
 def figure(ex: Explorer, i: int, threshold: float | None = None, scale: str | None = None) -> Figure:
-    """The [input | reconstruction | anomaly map] view of image ``i`` with its verdict."""
+    """The [input | reconstruction | anomaly map] view of image ``i`` with its verdict; where the
+    score has a map of its own, that map beside it (after the normal it compares against, if any)."""
     scale = scale or ex.scale
-    score_map = ex.score_map(i)
+    score_map, nearest = ex.score_map(i), ex.nearest_normal(i)
+    # Fixed positions rather than a layout engine: the same view, drawn in two thirds of the time.
     if score_map is None:
-        # Fixed positions rather than a layout engine: the same view, drawn in two thirds of the time.
         fig = plotting.NotebookFigure(figsize=(7.5, 2.7))
         axes = fig.subplots(1, 3, gridspec_kw={"left": 0.01, "right": 0.875, "bottom": 0.03, "top": 0.85, "wspace": 0.04})
         bars = [(0.89, 0.06, 0.015, 0.76)]
-    else:  # the score's own map beside the reconstruction error, each with its colour bar
+    elif nearest is None:  # the score's own map beside the reconstruction error, each with its colour bar
         fig = plotting.NotebookFigure(figsize=(10.5, 2.7))
         axes = [fig.add_axes((x, 0.03, 0.19, 0.82)) for x in (0.005, 0.2, 0.395, 0.695)]
         bars = [(0.59, 0.06, 0.011, 0.76), (0.89, 0.06, 0.011, 0.76)]
+    else:  # ... and the normal that map compares against, just before it
+        fig = plotting.NotebookFigure(figsize=(12.8, 2.7))
+        axes = [fig.add_axes((x, 0.03, 0.156, 0.82)) for x in (0.004, 0.164, 0.324, 0.57, 0.73)]
+        bars = [(0.484, 0.06, 0.009, 0.76), (0.89, 0.06, 0.009, 0.76)]
     art = plotting.triptych_axes(
         axes[:3],
         ex.images[i],
@@ -45,10 +50,19 @@ def figure(ex: Explorer, i: int, threshold: float | None = None, scale: str | No
     )
     fig.colorbar(art, cax=fig.add_axes(bars[0]), label=f"|x - x̂| ({scale} scale)")
     if score_map is not None:
-        art = plotting.score_map_axes(axes[3], score_map, ex.score_name, mask=ex.mask(i))
+        if nearest is not None:
+            plotting.show_image(axes[3], nearest[0])
+            axes[3].set_xticks([])
+            axes[3].set_yticks([])
+            axes[3].set_title(_nearest_title(nearest[1]), fontsize=9)
+        art = plotting.score_map_axes(axes[-1], score_map, ex.score_name, mask=ex.mask(i))
         fig.colorbar(art, cax=fig.add_axes(bars[1]), label=f"{ex.score_name} (per-image scale)")
     fig.suptitle(ex.caption(i, threshold), fontsize=9)
     return fig
+
+
+def _nearest_title(name: str) -> str:
+    return f"best match: {name}"
 
 
 def png(ex: Explorer, i: int, threshold: float | None = None, scale: str | None = None) -> bytes:
@@ -92,11 +106,15 @@ def _refill(fig: Figure, ex: Explorer, i: int, threshold: float | None, scale: s
     axes[2].set_title("anomaly map |x - x̂|" + (" + defect outline" if outlined else ""), fontsize=9)
     bars = [ax for ax in fig.axes if not ax.images]
     bars[0].set_ylabel(f"|x - x̂| ({scale} scale)")
-    score_map = ex.score_map(i)
+    score_map, nearest = ex.score_map(i), ex.nearest_normal(i)
     if score_map is not None:
-        axes[3].images[0].set_data(score_map)
-        axes[3].images[0].set_clim(0, max(float(score_map.max()), 1e-6))
-        plotting.outline(axes[3], mask)
+        axes[-1].images[0].set_data(score_map)
+        axes[-1].images[0].set_clim(0, max(float(score_map.max()), 1e-6))
+        plotting.outline(axes[-1], mask)
+    if nearest is not None:
+        picture, name = nearest
+        axes[3].images[0].set_data(np.clip(picture, 0, 1) if picture.ndim == 3 else picture)
+        axes[3].set_title(_nearest_title(name), fontsize=9)
     fig.suptitle(ex.caption(i, threshold), fontsize=9)
 
 

@@ -46,6 +46,9 @@ class Explorer:
             ``latent-knn``), a function from a test position to that image's ``(H, W)`` map of the
             score (e.g. :class:`~anomalymap_helpers.pipeline.scoring.PatchKnn`): the view shows it
             beside the reconstruction error. Computed when an image is first shown, then kept.
+        nearest: Where the map compares the image with one normal training image (``patch-knn``'s
+            best match), a function from a test position to that normal, ``((C, H, W) image, its
+            name)``: the view shows it beside the map, so the map reads "differs from this normal here".
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class Explorer:
         names: Any = None,
         rules: dict[str, float] | None = None,
         score_maps: Callable[[int], np.ndarray] | None = None,
+        nearest: Callable[[int], tuple[Any, str]] | None = None,
     ) -> None:
         if scale not in plotting.SCALES:
             raise ParameterError(f"heatmap_scale={scale!r}: use one of {list(plotting.SCALES)}")
@@ -87,6 +91,7 @@ class Explorer:
         self._widgets: Any = None
         self._view_figure: Figure | None = None  # the one view figure, refilled on each redraw (render.png)
         self._score_maps, self._score_map_cache = score_maps, {}
+        self._nearest, self._nearest_cache = nearest, {}
 
     # ------------------------------------------------------------------ state and what follows from it
 
@@ -155,6 +160,16 @@ class Explorer:
         if i not in self._score_map_cache:
             self._score_map_cache[int(i)] = np.asarray(self._score_maps(int(i)), dtype=np.float32)
         return self._score_map_cache[int(i)]
+
+    def nearest_normal(self, i: int) -> tuple[np.ndarray, str] | None:
+        """The normal training image that image ``i``'s score map compares against (see ``nearest``),
+        displayable (``(H, W)`` or ``(H, W, 3)``), with its name; None where the map has none."""
+        if self._nearest is None:
+            return None
+        if i not in self._nearest_cache:
+            image, name = self._nearest(int(i))
+            self._nearest_cache[int(i)] = (plotting.displayable(np.asarray(image)[None])[0], str(name))
+        return self._nearest_cache[int(i)]
 
     def mask(self, i: int) -> np.ndarray | None:
         """Image ``i``'s defect mask ``(H, W)``, or None."""
