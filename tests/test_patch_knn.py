@@ -79,11 +79,16 @@ def test_grids_and_scores_equal_a_brute_force_reference(
 def test_the_scorer_and_the_run_map_agree_with_the_score() -> None:
     model, train = _setup()
     val, test = torch.rand(6, 1, 28, 28), torch.rand(5, 1, 28, 28)
-    scorer = scoring.Scorer(model, train, val)
+    scorer = scoring.Scorer(model, train, val, k=3)
     patch = scoring.PatchKnn(model, train, scoring.encode(model, train))
-    scores = scorer.all_scores(scoring.score(model, test))["patch-knn"]
+    everything = scorer.all_scores(scoring.score(model, test))
+    scores = everything["patch-knn"]
     torch.testing.assert_close(scores, patch.scores(test))
     torch.testing.assert_close(scorer.val_scores["patch-knn"], patch.scores(val))
+    # The scorer searches the reference once for both kNN scores; latent-knn's are its own k's.
+    torch.testing.assert_close(everything["latent-knn"], scoring.knn_distances(scorer.reference, scoring.encode(model, test), 3))
+    with pytest.raises(ParameterError, match="neighbours of shape"):
+        patch.scores(test, neighbours=torch.zeros(5, 2, dtype=torch.long))
     maps = patch(test)
     assert maps.shape == (5, 1, 28, 28) and float(maps.min()) >= 0
     # The upsampled picture's peak is at most the score (bilinear weights are convex) and near it.

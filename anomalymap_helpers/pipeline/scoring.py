@@ -445,7 +445,11 @@ class PatchKnn:
 
     @torch.inference_mode()
     def neighbour_maps(
-        self, images: torch.Tensor, latents: torch.Tensor | None = None, chunk: int = 2048
+        self,
+        images: torch.Tensor,
+        latents: torch.Tensor | None = None,
+        chunk: int = 2048,
+        neighbours: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 3: ``(maps (N, k, g, g), neighbours (N, k))``, one map per latent-nearest normal, nearest first.
 
@@ -453,43 +457,55 @@ class PatchKnn:
             images: ``(N, C, H, W)`` in [0, 1].
             latents: Their latents, where already encoded (else encoded here).
             chunk: Images handled together.
+            neighbours: ``(N, >= k)`` their latent-nearest training images, nearest first, where already
+                found (:func:`nearest` over ``reference``; :class:`Scorer` shares one search with ``latent-knn``).
 
         Where ``images`` have at least as many neighbours in all as there are training images, every
         training image's feature map is encoded once and kept (``N x g*g x 64`` floats: 610 MB for
         MNIST's 48,646); for fewer, just their neighbours' are encoded.
         """
-        latents = encode(self.model, images, precision=self.precision) if latents is None else latents
+        if neighbours is not None and (len(neighbours) != len(images) or neighbours.shape[1] < self.k):
+            raise ParameterError(f"neighbours of shape {tuple(neighbours.shape)} for {len(images)} images and k={self.k}")
+        if neighbours is None:
+            latents = encode(self.model, images, precision=self.precision) if latents is None else latents
         if self._train_features is None and len(images) * self.k >= len(self.train_images):
             # Many images: their neighbours cover much of the training set, so encode it all once.
             self._train_features = self.features(self.train_images)
         maps, found = [], []
         for i in range(0, len(images), chunk):
-            _, neighbours = nearest(self.reference, latents[i : i + chunk], self.k)  # (b, k)
+            if neighbours is None:
+                _, near = nearest(self.reference, latents[i : i + chunk], self.k)  # (b, k)
+            else:
+                near = neighbours[i : i + chunk, : self.k]
             if self._train_features is not None:
-                theirs, where = self._train_features, neighbours
+                theirs, where = self._train_features, near
             else:  # a few images: encode just their neighbours
-                used, where = torch.unique(neighbours, return_inverse=True)
+                used, where = torch.unique(near, return_inverse=True)
                 theirs = self.features(self.train_images[used])  # (u, L, 64)
             mine = self.features(images[i : i + chunk])  # (b, L, 64)
             cells = torch.stack([(theirs[where[:, j]] - mine).norm(dim=2) for j in range(where.shape[1])], 1)
             maps.append(self.smoothed(cells))  # (b, k, g, g)
-            found.append(neighbours)
+            found.append(near)
         if not maps:
             g = self.model._grid
             return torch.empty(0, self.k, g, g), torch.empty(0, self.k, dtype=torch.long)
         return torch.cat(maps), torch.cat(found)
 
-    def grids(self, images: torch.Tensor, latents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def grids(
+        self, images: torch.Tensor, latents: torch.Tensor | None = None, neighbours: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 4: ``(maps (N, g, g), matches (N,))``: each image's map and its best-matching normal
-        (a position in the training images)."""
-        maps, neighbours = self.neighbour_maps(images, latents)
+        (a position in the training images). ``latents``, ``neighbours``: as :meth:`neighbour_maps`."""
+        maps, neighbours = self.neighbour_maps(images, latents, neighbours=neighbours)
         best = maps.flatten(2).amax(2).argmin(1)  # the neighbour whose map has the lowest peak
         rows = torch.arange(len(best))
         return maps[rows, best], neighbours[rows, best]
 
-    def scores(self, images: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
+    def scores(
+        self, images: torch.Tensor, latents: torch.Tensor | None = None, neighbours: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The image scores ``(N,)``: each map's largest cell."""
-        grids, _ = self.grids(images, latents)
+        grids, _ = self.grids(images, latents, neighbours)
         return grids.flatten(1).amax(1) if len(grids) else torch.empty(0)
 
     def explain(self, images: torch.Tensor, latents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -554,12 +570,14 @@ class Scorer:
         self.val_scores = self._with_ensemble(base)
 
     def _base(self, scored: Scored) -> dict[str, torch.Tensor]:
+        # One search of the reference for both kNN scores: the nearest first, so latent-knn's k are the first k.
+        distances, neighbours = nearest(self.reference, scored.latents, max(self.k, self.patch.k))
         base = {
             "mse": scored.scores,
             "topk": topk_scores(scored.maps, self.topk),
             "ssim": ssim_scores(scored.images, scored.reconstructions),
-            "latent-knn": knn_distances(self.reference, scored.latents, self.k),
-            "patch-knn": self.patch.scores(scored.images, scored.latents),
+            "latent-knn": distances[:, : self.k].mean(1),
+            "patch-knn": self.patch.scores(scored.images, neighbours=neighbours),
         }
         if scored.kl is not None:
             base["elbo"] = elbo_scores(scored.scores, scored.kl, scored.images[0].numel())
