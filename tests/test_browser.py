@@ -8,6 +8,7 @@ the controls as a person would. Screenshots go to ``<run>/ui/``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +85,10 @@ def test_explorer_renders_and_responds_in_jupyterlab(lab: tuple[str, Path], tmp_
             expect(view).to_be_visible(timeout=180_000)
             status = page.locator(".anomalymap-status")
             expect(status).to_contain_text("threshold", timeout=30_000)
+            # The slider sends back the step it lands on: the explorer still opens on 03's threshold.
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=60_000)
+            threshold = json.loads((run_dir / "metrics.json").read_text())["threshold"]
+            expect(status).to_contain_text(f"threshold {threshold:.5f}", timeout=15_000)
             page.screenshot(path=str(shots / "explorer_loaded.png"), full_page=True)
             assert page.get_by_text("Error displaying widget").count() == 0
 

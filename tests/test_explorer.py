@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from anomalymap_helpers.pipeline import scoring
 from anomalymap_helpers.pipeline.explorer import Explorer
+from anomalymap_helpers.pipeline.explorer.widgets import threshold_slider
 from anomalymap_helpers.pipeline.model import ConvAutoencoder
 
 
@@ -173,3 +175,17 @@ def test_score_histogram_draws_each_kind_as_its_own_density() -> None:
         density, _ = np.histogram(s[where], bins=edges, density=True)
         np.testing.assert_allclose(np.unique(heights[heights > 0]), np.unique(density[density > 0]), rtol=1e-9)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["normal", "anomaly", "threshold 0.1"]
+
+
+@pytest.mark.parametrize(("scores", "threshold"), [([0.011, 0.05, 0.12], 0.08137), ([-0.3, 0.05, 0.9], 0.123), ([0.2, 0.4], 0.9)])
+def test_the_threshold_slider_has_the_run_threshold_on_a_step(scores: list[float], threshold: float) -> None:
+    """JupyterLab's slider snaps to whole steps from its minimum and sends that value back: the run's
+    threshold must be one, or the explorer would open on another threshold than 03's."""
+    slider = threshold_slider(np.array(scores), threshold)
+    log = min(scores) > 0
+    position = math.log10(threshold) if log else threshold
+    steps = (position - slider.min) / slider.step
+    assert steps == pytest.approx(round(steps), abs=1e-6) and steps >= 0
+    low, high = (10**slider.min, 10**slider.max) if log else (slider.min, slider.max)
+    assert low <= min(scores) + 1e-12 and high >= max(max(scores), threshold) - 1e-12  # every score reachable
+    assert slider.value == pytest.approx(threshold) and (slider.max - slider.min) / slider.step <= 401
