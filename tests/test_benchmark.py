@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,17 @@ def test_the_default_column_comes_first(tmp_path: Path) -> None:
             w.writerow(["one-class", 3, 0, method, auc, 0.5, 0.1, 0.2])
     header = benchmark.summarize(path, ("one-class",), (3,), 1).splitlines()[2]
     assert header == "| class | patch-knn (default) | mse | latent-knn |"
+
+
+def test_settings_keep_every_commit_that_added_rows(tmp_path: Path) -> None:
+    recorded = benchmark.check_settings(tmp_path, benchmark.QUICK, True)
+    first = benchmark.record_settings(tmp_path, recorded, "a" * 40)
+    assert first["commit"] == "a" * 40 and first["commits"] == ["a" * 40]
+    benchmark.record_settings(tmp_path, recorded, "a" * 40)  # the same checkout again: listed once
+    later = benchmark.record_settings(tmp_path, recorded, "b" * 40)
+    saved = json.loads((tmp_path / "settings.json").read_text())
+    assert saved == later and saved["commit"] == "b" * 40 and saved["commits"] == ["a" * 40, "b" * 40]
+    assert {k: saved[k] for k in recorded} == recorded
+    # A folder written before the list existed keeps its one commit.
+    (tmp_path / "settings.json").write_text(json.dumps({**recorded, "commit": "c" * 40}))
+    assert benchmark.record_settings(tmp_path, recorded, "d" * 40)["commits"] == ["c" * 40, "d" * 40]

@@ -157,6 +157,19 @@ def _commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def record_settings(folder: Path, recorded: dict[str, Any], commit: str | None = None) -> dict[str, Any]:
+    """Write ``settings.json``: the settings, the checkout's commit, and every commit that added rows
+    (``commits``, oldest first: a benchmark resumed on a later checkout keeps the earlier ones)."""
+    path = folder / "settings.json"
+    old = storage.read_json(path) if path.exists() else {}
+    commits = list(old.get("commits") or ([old["commit"]] if old.get("commit") else []))
+    if commit and commit not in commits:
+        commits.append(commit)
+    settings = {**recorded, "commit": commit, "commits": commits}
+    storage.write_json(path, settings)
+    return settings
+
+
 def run_benchmark(
     protocols: tuple[str, ...] = PROTOCOLS,
     digits: tuple[int, ...] = tuple(range(10)),
@@ -185,7 +198,7 @@ def run_benchmark(
     recorded = check_settings(folder, settings, quick, dataset)
     images = data.load_dataset(dataset, data_dir=data_dir, mnist_dir=mnist_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    storage.write_json(folder / "settings.json", {**recorded, "commit": _commit()})
+    record_settings(folder, recorded, _commit())
     todo = [(p, d, s) for p in protocols for d in digits for s in range(seeds)]
     done = _done(csv_path)
     left = [r for r in todo if r not in done]
