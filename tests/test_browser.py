@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from anomalymap_helpers.pipeline import metrics, scoring
 from anomalymap_helpers.tools.screenshot import (
     CHROMIUM,
     CHROMIUM_FLAGS,
@@ -87,8 +88,8 @@ def test_explorer_renders_and_responds_in_jupyterlab(lab: tuple[str, Path], tmp_
             expect(status).to_contain_text("threshold", timeout=30_000)
             # The slider sends back the step it lands on: the explorer still opens on 03's threshold.
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=60_000)
-            threshold = json.loads((run_dir / "metrics.json").read_text())["threshold"]
-            expect(status).to_contain_text(f"threshold {threshold:.5f}", timeout=15_000)
+            metrics_json = json.loads((run_dir / "metrics.json").read_text())
+            expect(status).to_contain_text(f"threshold {metrics_json['threshold']:.5f}", timeout=15_000)
             page.screenshot(path=str(shots / "explorer_loaded.png"), full_page=True)
             assert page.get_by_text("Error displaying widget").count() == 0
 
@@ -115,6 +116,18 @@ def test_explorer_renders_and_responds_in_jupyterlab(lab: tuple[str, Path], tmp_
             expect(rng).to_contain_text("(global)", timeout=15_000)
             assert rng.inner_text() != before
             page.screenshot(path=str(shots / "explorer_global_scale.png"), full_page=True)
+
+            # A rule's button puts the slider on that rule's threshold, not the nearest step.
+            scores = run_dir / "reconstruction_errors.csv"
+            val, test = (scoring.read_scores(scores, split)[1].numpy() for split in ("val", "test"))
+            for rule in ("otsu", "percentile"):
+                t = metrics.choose_threshold(rule, val, test, threshold_percentile=metrics_json["threshold_percentile"])
+                page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=60_000)
+                page.locator(".anomalymap-rule button", has_text=rule).click()
+                expect(status).to_contain_text(f"threshold {t:.5f}", timeout=15_000)
+                page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=60_000)
+                expect(status).to_contain_text(f"threshold {t:.5f}", timeout=15_000)
+                expect(page.locator(".anomalymap-rule button.mod-active")).to_have_text(rule, timeout=15_000)
             assert page.get_by_text("Error displaying widget").count() == 0
         except Exception:
             page.screenshot(path=str(shots / "failure.png"), full_page=True)

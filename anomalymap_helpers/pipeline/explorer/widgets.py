@@ -26,24 +26,21 @@ GALLERIES = {
 }
 
 
-def threshold_slider(scores: np.ndarray, value: float, steps: int = 400) -> Any:
+def threshold_slider(scores: np.ndarray, value: float) -> Any:
     """A log slider for positive scores (errors and distances are skewed), else a linear one.
 
-    JupyterLab's slider moves in whole steps from its minimum and sends the value it lands on
-    back to the kernel, so ``value`` (the run's threshold) is made a step of the slider: the range
-    starts a whole number of steps below it. Otherwise the explorer would open on a threshold a
-    little off 03's, with other counts and no rule marked.
+    Without steps (``step=None``): JupyterLab's slider moves to whole steps and sends the value it
+    lands on back to the kernel, so a stepped slider would open on a threshold a little off 03's, and
+    a rule's button would put it a little off that rule's, with other counts and no rule marked.
     """
     import ipywidgets as w
 
     lo, hi = min(float(scores.min()), value), max(float(scores.max()), value)
-    log = lo > 0
-    a, b, v = (math.log10(lo), math.log10(hi), math.log10(value)) if log else (lo, hi, value)
-    step = (b - a) / steps or 0.01
-    start = v - math.ceil((v - a) / step - 1e-9) * step  # at or below a, a whole number of steps below v
-    if log:  # min, max and step are exponents of 10
-        return w.FloatLogSlider(value=value, base=10, min=start, max=b, step=step, description="threshold", readout_format=".5f")
-    return w.FloatSlider(value=value, min=start, max=b, step=step, description="threshold", readout_format=".4f")
+    if lo > 0:  # min and max are exponents of 10
+        return w.FloatLogSlider(
+            value=value, base=10, min=math.log10(lo), max=math.log10(hi), step=None, description="threshold", readout_format=".5f"
+        )
+    return w.FloatSlider(value=value, min=lo, max=hi, step=None, description="threshold", readout_format=".4f")
 
 
 def confusion_html(counts: dict[str, int]) -> str:
