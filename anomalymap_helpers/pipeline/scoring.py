@@ -365,6 +365,30 @@ PATCH_NEIGHBOURS = 10  # training normals whose feature maps patch-knn compares 
 PATCH_SMOOTH = 3  # the side of the neighbourhood patch-knn's grid is averaged over
 
 
+def unit_cells(h: torch.Tensor) -> torch.Tensor:
+    """``patch-knn``'s step 2: feature maps ``(B, C, g, g)`` each divided by its whole length, as
+    ``(B, g * g, C)`` float32, cell by cell (shared by :class:`PatchKnn` and the ONNX export)."""
+    f = h.float().permute(0, 2, 3, 1).flatten(1, 2)
+    return f / f.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
+
+
+def smooth_cells(cells: torch.Tensor, g: int, smooth: int) -> torch.Tensor:
+    """``(..., g * g)`` cell distances averaged over each cell's ``smooth x smooth`` neighbourhood
+    (cells off the grid left out), as ``(..., g, g)``; ``smooth`` 1: unchanged."""
+    grid = cells.reshape(-1, 1, g, g)
+    if smooth > 1:
+        grid = F.avg_pool2d(grid, smooth, 1, smooth // 2, count_include_pad=False)
+    return grid.reshape(*cells.shape[:-1], g, g)
+
+
+def lowest_peak(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``patch-knn``'s step 4: of ``(N, k, g, g)`` maps, each image's with the lowest peak (its best
+    match), ``(N, g, g)``, and which of the ``k`` it is, ``(N,)``."""
+    best = maps.flatten(2).amax(2).argmin(1)
+    g = maps.shape[-2:]
+    return maps.gather(1, best[:, None, None, None].expand(-1, 1, *g))[:, 0], best
+
+
 class PatchKnn:
     """``patch-knn``, the default score: the part of an image that its best-matching normal image does not match.
 
@@ -431,17 +455,12 @@ class PatchKnn:
             batch = images[i : i + batch_size].to(device).contiguous(memory_format=torch.channels_last)
             with precision.autocast():
                 h = self.model.feature_map(batch)
-            f = h.float().permute(0, 2, 3, 1).flatten(1, 2)  # (b, L, 64)
-            out.append((f / f.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]).cpu())
+            out.append(unit_cells(h).cpu())  # (b, L, 64)
         return torch.cat(out) if out else torch.empty(0, 0, 0)
 
     def smoothed(self, cells: torch.Tensor) -> torch.Tensor:
         """``(..., g * g)`` cell distances averaged over each cell's neighbourhood, as ``(..., g, g)``."""
-        g = self.model._grid
-        grid = cells.reshape(-1, 1, g, g)
-        if self.smooth > 1:
-            grid = F.avg_pool2d(grid, self.smooth, 1, self.smooth // 2, count_include_pad=False)
-        return grid.reshape(*cells.shape[:-1], g, g)
+        return smooth_cells(cells, self.model._grid, self.smooth)
 
     @torch.inference_mode()
     def neighbour_maps(
@@ -497,9 +516,8 @@ class PatchKnn:
         """Step 4: ``(maps (N, g, g), matches (N,))``: each image's map and its best-matching normal
         (a position in the training images). ``latents``, ``neighbours``: as :meth:`neighbour_maps`."""
         maps, neighbours = self.neighbour_maps(images, latents, neighbours=neighbours)
-        best = maps.flatten(2).amax(2).argmin(1)  # the neighbour whose map has the lowest peak
-        rows = torch.arange(len(best))
-        return maps[rows, best], neighbours[rows, best]
+        best_map, best = lowest_peak(maps)
+        return best_map, neighbours.gather(1, best[:, None])[:, 0]
 
     def scores(
         self, images: torch.Tensor, latents: torch.Tensor | None = None, neighbours: torch.Tensor | None = None

@@ -103,27 +103,16 @@ class Detector(nn.Module):
             return maps, grid.flatten(1).amax(1), own
         return maps, self._score(self.method, x, recon, maps, z), maps
 
-    def _unit_cells(self, h: torch.Tensor) -> torch.Tensor:
-        """A feature map ``(B, 64, g, g)`` divided by its length, as ``(B, 64, g * g)``."""
-        f = h.flatten(2)
-        return f / f.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
-
     def _patch_grid(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``patch-knn``'s map on the grid ``(B, 1, g, g)`` (see :class:`~anomalymap_helpers.pipeline.scoring.PatchKnn`)."""
         k = min(self.patch_k, self.reference.shape[0])
         near = (F.normalize(z, dim=1) @ self.reference.T).topk(k, dim=1).indices  # (B, k)
         theirs = self.train_images[near.flatten()].to(torch.float32) / 255.0
-        t = self._unit_cells(self.net.encoder[:-2](theirs))  # (B * k, 64, L)
-        mine = self._unit_cells(h)  # (B, 64, L)
-        t = t.view(mine.shape[0], k, *mine.shape[1:])
-        cells = (t - mine[:, None]).norm(dim=2)  # (B, k, L): one map per normal
-        g = self.net._grid
-        grids = cells.reshape(-1, 1, g, g)
-        if self.smooth > 1:
-            grids = F.avg_pool2d(grids, self.smooth, 1, self.smooth // 2, count_include_pad=False)
-        grids = grids.reshape(-1, k, g * g)
-        best = grids.amax(2).argmin(1)  # the normal whose map has the lowest peak
-        return grids.gather(1, best[:, None, None].expand(-1, 1, g * g)).view(-1, 1, g, g)
+        mine = scoring.unit_cells(h)  # (B, L, 64)
+        t = scoring.unit_cells(self.net.encoder[:-2](theirs)).view(mine.shape[0], k, *mine.shape[1:])
+        cells = (t - mine[:, None]).norm(dim=3)  # (B, k, L): one map per normal
+        best, _ = scoring.lowest_peak(scoring.smooth_cells(cells, self.net._grid, self.smooth))
+        return best[:, None]
 
     def _knn(self, z: torch.Tensor) -> torch.Tensor:
         sim = F.normalize(z, dim=1) @ self.reference.T

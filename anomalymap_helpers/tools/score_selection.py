@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from anomalymap_helpers.pipeline import scoring
 from anomalymap_helpers.runs import storage
@@ -75,13 +74,6 @@ def _any_cell(patch: scoring.PatchKnn, images: torch.Tensor, latents: torch.Tens
     return torch.cat(out)
 
 
-def _mean3(grid: torch.Tensor, g: int) -> torch.Tensor:
-    """The 3x3 mean of ``(..., g * g)`` cells (edges left out), flattened back."""
-    shape = grid.shape
-    x = F.avg_pool2d(grid.reshape(-1, 1, g, g), 3, 1, 1, count_include_pad=False)
-    return x.reshape(shape)
-
-
 def candidate_scores(patch: scoring.PatchKnn, images: torch.Tensor, train_features: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every candidate but the standardised pair, ``(M,)`` each, for ``images``.
 
@@ -91,17 +83,16 @@ def candidate_scores(patch: scoring.PatchKnn, images: torch.Tensor, train_featur
         train_features: The training images' unit-length feature maps, flattened (``feature-knn``'s reference).
     """
     latents = scoring.encode(patch.model, images)
-    g = patch.model._grid
     plain = scoring.PatchKnn(patch.model, patch.train_images, patch.reference, k=patch.k, smooth=1)
     cells = plain.neighbour_maps(images, latents)[0].flatten(2).amin(1)  # (M, L): each cell its nearest normal
     return {
         "latent-knn": scoring.knn_distances(patch.reference, latents, 2),
         "feature-knn": scoring.knn_distances(train_features, patch.features(images).flatten(1), 2),
         "patch-knn": patch.scores(images, latents),
-        "patch-knn, each cell its nearest": _mean3(cells, g).amax(1),
+        "patch-knn, each cell its nearest": patch.smoothed(cells).flatten(1).amax(1),
         "patch-knn, each cell its nearest, no 3x3 mean": cells.amax(1),
         "patch-knn, each cell its nearest, sum of squares": cells.pow(2).sum(1),
-        "patch-knn, any cell": _mean3(_any_cell(patch, images, latents).amin(1), g).amax(1),
+        "patch-knn, any cell": patch.smoothed(_any_cell(patch, images, latents).amin(1)).flatten(1).amax(1),
     }
 
 
