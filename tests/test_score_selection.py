@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -48,3 +50,13 @@ def test_candidates_agree_with_the_shipped_score_and_each_other() -> None:
         f = lambda x: model.feature_map(x.contiguous(memory_format=torch.channels_last)).flatten(1)  # noqa: E731
         cos = torch.nn.functional.cosine_similarity(f(queries)[:, None], f(train)[None], dim=2)
     torch.testing.assert_close(scores["feature-knn"], 1 - cos.topk(2, dim=1).values.mean(1), rtol=1e-4, atol=1e-5)
+
+
+def test_a_class_outside_0_to_9_is_refused_before_any_work(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from anomalymap_helpers.tools.cli import main
+
+    out = tmp_path / "selection"
+    with pytest.raises(SystemExit) as stop:
+        main(["score-selection", "--digits", "3", "12", "--out", str(out)])
+    assert stop.value.code == 2 and "invalid choice: 12" in capsys.readouterr().err
+    assert not out.exists()  # nothing written, nothing trained

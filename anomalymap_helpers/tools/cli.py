@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sel.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     sel.add_argument("--protocol", default="both", choices=["leave-one-out", "one-class", "both"])
-    sel.add_argument("--digits", type=int, nargs="+", default=list(range(10)), metavar="CLASS")
+    sel.add_argument("--digits", type=int, nargs="+", default=list(range(10)), choices=range(10), metavar="CLASS")
     sel.add_argument("--out", default="results/score-selection", metavar="DIR", help="one folder for every data set")
     sel.set_defaults(func=_score_selection)
     prec = sub.add_parser(
