@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from anomalymap_helpers.pipeline import data
+from anomalymap_helpers.pipeline.device import PRECISION_ENV
 from anomalymap_helpers.pipeline.data import idx as _idx  # noqa: F401  (data.idx below)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +26,35 @@ def require(what: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"CI=true and {what}", pytrace=False)
     pytest.skip(what)
+
+
+# The precision a test compares in. fp32 against an fp32 (or float64) reference: 1e-4 relative
+# holds for the reordered sums of fused or channels_last kernels. bf16: its unit roundoff is
+# 2^-8 (8 significant bits; torch.finfo(torch.bfloat16).eps / 2); every layer of the network
+# rounds its output and its weights to it, so a result a few layers deep is off by a few such
+# steps (measured up to 0.7 steps on a distance between feature maps, up to 2 on a latent):
+# 4 steps relative, and 4 steps of the result's own scale absolute, for values that are
+# differences of larger ones. A real bug (a padded cell counted, a missing normalisation)
+# moves a value by tens of percent and fails both.
+BF16_STEP = 2.0**-8
+TOLERANCE = {"fp32": (1e-4, 1e-5), "bf16": (4 * BF16_STEP, 4 * BF16_STEP)}
+
+
+@pytest.fixture(params=["fp32", "bf16"])
+def precision(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test once in fp32 and once in bf16 autocast, on any CPU (bf16 emulated where it is not
+    native), through the package's own switch ($ANOMALYMAP_CPU_PRECISION)."""
+    monkeypatch.setenv(PRECISION_ENV, request.param)
+    return request.param
+
+
+def assert_close(actual: object, expected: object, precision: str, scale: float = 1.0, what: str = "") -> None:
+    """``actual`` within the tolerance of ``precision`` (:data:`TOLERANCE`) of ``expected``; the
+    absolute part is relative to ``scale``, the size of the values the result is a difference of."""
+    import numpy as np
+
+    rtol, atol = TOLERANCE[precision]
+    np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=rtol, atol=atol * scale, err_msg=what)
 
 
 def _mnist_dir() -> Path | None:

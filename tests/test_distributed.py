@@ -18,10 +18,12 @@ from safetensors.torch import load_file
 
 from anomalymap_helpers.errors import ParameterError, TrainingError
 from anomalymap_helpers.pipeline import distributed
+from anomalymap_helpers.pipeline.device import PRECISION_ENV
 from anomalymap_helpers.runs import checkpoint, storage
 from anomalymap_helpers.tools.cli import main
 from anomalymap_helpers.tools.runner import run_series
 from anomalymap_helpers.tools.training import train_run
+from tests.conftest import BF16_STEP
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
@@ -42,29 +44,54 @@ def sources(mnist_dir: Path, data_dir: Path) -> dict[str, str]:
     return {"mnist_dir": str(mnist_dir), "data_dir": str(data_dir)}
 
 
-def torchrun_train(results: Path, params: dict[str, object], **kwargs: object) -> subprocess.CompletedProcess[str]:
+def torchrun_train(results: Path, params: dict[str, object], env: dict | None = None, **kwargs: object) -> subprocess.CompletedProcess[str]:
     cmd = distributed.command(results, params, 2)
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, **kwargs)
+    return subprocess.run(cmd, cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=300, **kwargs)
 
 
-def test_two_gloo_processes_take_the_same_step_as_one(run_dir: Path, tmp_path: Path, sources: dict) -> None:
-    # One optimizer step on a global batch of all 9,000 training images: 4,500 per process.
-    params = {**sources, "epochs": 1, "batch_size": 16384, "device": "cpu"}
+def one_step_two_ways(run_dir: Path, tmp_path: Path, params: dict, env: dict | None = None) -> tuple[dict, dict, float, float]:
+    """One optimizer step on a global batch of all 9,000 training images, in two processes (4,500
+    each) and in one: ``(weights two, weights one, loss two, loss one)``."""
     two = splits_only(run_dir, tmp_path / "two")
-    proc = torchrun_train(two, params)
+    proc = torchrun_train(two, params, env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "training on 2 processes (gloo, DistributedDataParallel, 4500 images each per step)" in proc.stdout
     one = splits_only(run_dir, tmp_path / "one")
     single = train_run(params, str(one))
     a, b = load_file(two / "model.safetensors"), load_file(one / "model.safetensors")
     assert a.keys() == b.keys()
+    changed = max((a[k] - checkpoint_init(k)).abs().max().item() for k in a)
+    assert changed > 1e-4, "the step changed nothing"
+    return a, b, storage.read_json(two / "model.json")["final_train_loss"], single.history[0]["train_loss"]
+
+
+def test_two_gloo_processes_take_the_same_step_as_one(run_dir: Path, tmp_path: Path, sources: dict) -> None:
+    """A claim about the gradient reduction, so made in fp32 (amp=False) on every CPU."""
+    params = {**sources, "epochs": 1, "batch_size": 16384, "device": "cpu", "amp": False}
+    a, b, loss_two, loss_one = one_step_two_ways(run_dir, tmp_path, params)
     # Tolerance: float rounding of the gradient sums (measured 3e-8; weights are ~0.3, Adam's step 1e-3).
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
-    changed = max((a[k] - checkpoint_init(k)).abs().max().item() for k in a)
-    assert changed > 1e-4, "the step changed nothing"
-    loss_two = storage.read_json(two / "model.json")["final_train_loss"]
-    assert loss_two == pytest.approx(single.history[0]["train_loss"], rel=1e-6)
+    assert loss_two == pytest.approx(loss_one, rel=1e-6)
+
+
+def test_two_processes_in_bf16_take_the_step_of_one_to_bf16s_rounding(
+    run_dir: Path, tmp_path: Path, sources: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same in bf16 autocast (forced, so emulated where the CPU lacks it). A process's half batch
+    and the whole one round their bf16 products differently, so the losses agree to bf16's
+    tolerance, and so do the gradients: Adam's first step moves each weight by lr (1e-3) in the
+    sign of its gradient, so a weight whose gradient bf16 rounds across zero moves the other way.
+    Those are few; every other weight takes the same step to fp32's rounding of the update."""
+    monkeypatch.setenv(PRECISION_ENV, "bf16")
+    params = {**sources, "epochs": 1, "batch_size": 16384, "device": "cpu"}
+    a, b, loss_two, loss_one = one_step_two_ways(run_dir, tmp_path, params, {**ENV, PRECISION_ENV: "bf16"})
+    assert storage.read_json(tmp_path / "two" / "model.json")["precision"] == "bf16"
+    diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    assert float(diff.max()) <= 2 * 1e-3 + 1e-6  # at most one step the other way
+    same = float((diff <= 1e-6).float().mean())
+    assert same >= 0.99, f"only {same:.2%} of the weights took the same step"
+    assert loss_two == pytest.approx(loss_one, rel=4 * BF16_STEP)
 
 
 def checkpoint_init(name: str) -> torch.Tensor:

@@ -4,12 +4,31 @@
 scoring use fp16 autocast with a GradScaler on CUDA, bf16 autocast on CPUs with
 native bf16 support, and fp32 otherwise; ``channels_last`` is used on every
 device because it speeds the convolutions up on both.
+
+What runs in which precision (measured with ``benchmarks/precision_report.py`` on the
+default run; docs/benchmarks.md, "Which precision each computation needs"):
+
+- **Mixed** (bf16/fp16 autocast): the network's own passes: the training step's forward
+  and backward, and the encoder and decoder passes that make reconstructions, latent
+  codes and feature maps. Rounding there moves every score by the same small relative
+  amount (a few of bf16's 2^-8 steps), which no verdict is sensitive to as a rule.
+- **fp32, always**: everything computed *from* the network's outputs. Each output is cast
+  with ``.float()`` before any arithmetic: the per-pixel maps and their blur, every image
+  score, the normalisation of codes and feature maps, the nearest-neighbour searches of
+  the kNN reference set (a neighbour swapped by rounding would change a map and a
+  verdict), the threshold and the metrics. The optimizer's master weights stay fp32.
+
+On a CPU the choice can be forced with ``ANOMALYMAP_CPU_PRECISION`` (:data:`PRECISION_ENV`):
+``bf16`` takes bf16 autocast even where the CPU has no native bf16 (PyTorch emulates it,
+slowly: what the tests use to run the bf16 path on any machine), ``fp32`` takes fp32 even
+where it has, and ``auto`` (the default) takes bf16 exactly where it is native.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import platform
 import warnings
 from dataclasses import dataclass
@@ -116,6 +135,32 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+PRECISION_ENV = "ANOMALYMAP_CPU_PRECISION"
+CPU_PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def cpu_precision_setting() -> str:
+    """``$ANOMALYMAP_CPU_PRECISION`` (``auto``, ``bf16`` or ``fp32``; unset or empty: ``auto``).
+
+    Raises:
+        ParameterError: another value.
+    """
+    value = os.environ.get(PRECISION_ENV, "").strip().lower() or "auto"
+    if value not in CPU_PRECISIONS:
+        raise ParameterError(
+            f"{PRECISION_ENV}={os.environ[PRECISION_ENV]!r} is not known: use one of {list(CPU_PRECISIONS)} "
+            "(auto: bf16 where the CPU has it natively) or unset it"
+        )
+    return value
+
+
+def cpu_mixed_precision() -> bool:
+    """Whether ``amp=True`` on the CPU means bf16 autocast here: native bf16, or forced by
+    ``$ANOMALYMAP_CPU_PRECISION=bf16`` (emulated where not native)."""
+    setting = cpu_precision_setting()
+    return cpu_supports_bf16() if setting == "auto" else setting == "bf16"
+
+
 def resolve_precision(device: torch.device, amp: bool = True, *, warn: bool = True) -> Precision:
     """Choose the precision for ``device``.
 
@@ -129,8 +174,10 @@ def resolve_precision(device: torch.device, amp: bool = True, *, warn: bool = Tr
         return Precision("fp32", device.type)
     if device.type == "cuda":
         return Precision("fp16", "cuda")
-    if device.type == "cpu" and cpu_supports_bf16():
+    if device.type == "cpu" and cpu_mixed_precision():
         return Precision("bf16", "cpu")
+    if device.type == "cpu" and cpu_precision_setting() == "fp32":
+        return Precision("fp32", "cpu")  # asked for by name: nothing to warn of
     if warn:
         warnings.warn(
             f"amp=True, but {device} has no native bf16 or fp16 support: using fp32 "
@@ -141,5 +188,21 @@ def resolve_precision(device: torch.device, amp: bool = True, *, warn: bool = Tr
 
 
 def inference_precision(device: torch.device) -> Precision:
-    """The precision every inference path uses on ``device``: mixed where it is native, silently fp32 elsewhere."""
+    """The precision of the network's passes in every inference path on ``device``: mixed where it
+    is native (or forced, see :data:`PRECISION_ENV`), silently fp32 elsewhere. What is computed
+    from those passes is fp32 whatever this says (the module's docstring)."""
     return resolve_precision(device, True, warn=False)
+
+
+def precision_note(precision: Precision, amp: bool) -> str:
+    """Why ``precision`` was chosen, for the line a run prints (empty where nothing needs saying)."""
+    if precision.device_type != "cpu" or not amp:
+        return ""
+    setting, native = cpu_precision_setting(), cpu_supports_bf16()
+    if precision.name == "bf16" and not native:
+        return f" (emulated: {PRECISION_ENV}=bf16 on a CPU without native bf16, slowly)"
+    if precision.name == "fp32" and setting == "fp32":
+        return f" ({PRECISION_ENV}=fp32)"
+    if precision.name == "fp32":
+        return " (amp=True, but this CPU has no native bf16)"
+    return ""

@@ -23,7 +23,13 @@ import torch.nn.functional as F
 
 from anomalymap_helpers.errors import ParameterError, TrainingError
 from anomalymap_helpers.pipeline import distributed
-from anomalymap_helpers.pipeline.device import Precision, resolve_device, resolve_precision, retain_freed_memory
+from anomalymap_helpers.pipeline.device import (
+    Precision,
+    precision_note,
+    resolve_device,
+    resolve_precision,
+    retain_freed_memory,
+)
 from anomalymap_helpers.pipeline.model import (
     MODELS,
     ConvAutoencoder,
@@ -397,7 +403,7 @@ def train(
     x_train, x_val = to_device(train_images, device), to_device(val_images, device)
     n, bs = len(x_train), config.batch_size
     steps = math.ceil(n / bs)
-    why = " (amp=True, but this CPU has no native bf16)" if config.amp and precision.name == "fp32" else ""
+    why = precision_note(precision, config.amp)
     where = str(device)
     if w.size > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
