@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
-.PHONY: setup series test lab clean-results
+.PHONY: setup series test test-precision gpu-check lab clean-results
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,20 @@ setup: $(VENV)/.installed
 series: setup
 	$(PY) -m anomalymap_helpers run $(ARGS)
 
+# The suite in this CPU's precision, then the precision-marked tests in the other one: fp32 on a
+# CPU with native bf16, bf16 (emulated) on one without, so every run covers both CPU paths.
+OTHER_PRECISION = $(PY) -c "from anomalymap_helpers.pipeline.device import cpu_supports_bf16; print('fp32' if cpu_supports_bf16() else 'bf16')"
+
 test: setup
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory test-precision
+
+test-precision: setup
+	other=$$($(OTHER_PRECISION)) && echo "the precision-marked tests again in $$other (ANOMALYMAP_CPU_PRECISION=$$other)" \
+		&& ANOMALYMAP_CPU_PRECISION=$$other $(PY) -m pytest -m precision
+
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py $(ARGS)
 
 lab: setup
 	$(PY) -m jupyter lab notebooks

@@ -12,6 +12,9 @@ from anomalymap_helpers.errors import CheckpointError
 from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig, ReferenceAutoencoder
 from anomalymap_helpers.runs import checkpoint
 
+# Runs again with the other CPU precision in `make test` (fp32 on a bf16 CPU, emulated bf16 elsewhere).
+pytestmark = pytest.mark.precision
+
 
 def test_shapes_and_range() -> None:
     model = ConvAutoencoder(ModelConfig(latent_dim=16))

@@ -63,7 +63,7 @@ def test_parameter_names_match_the_issue_list() -> None:
 def test_ruff_on_package_notebooks_and_tests() -> None:
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     result = subprocess.run(
-        [ruff, "check", "anomalymap_helpers", "notebooks", "tests"], cwd=ROOT, capture_output=True, text=True
+        [ruff, "check", "anomalymap_helpers", "notebooks", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -53,3 +53,43 @@ def test_report_refuses_fp16_on_the_cpu_and_a_run_without_evaluation(folder_run_
         precision_report(Run.open(folder_run_dir, device="cpu"), "fp16")
     assert main(["precision-report", "--results", str(tmp_path / "nothing")]) == 1
     assert "run notebook 01_data first" in capsys.readouterr().err
+
+
+def test_the_cpu_precision_switch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """$ANOMALYMAP_CPU_PRECISION: bf16 on any CPU (emulated where not native, and said so), fp32
+    without a warning, auto as the CPU has it; another value refused before any work."""
+    import warnings
+
+    import torch
+
+    from anomalymap_helpers.pipeline.device import (
+        PRECISION_ENV,
+        cpu_supports_bf16,
+        inference_precision,
+        precision_note,
+        resolve_precision,
+    )
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv(PRECISION_ENV, "bf16")
+    bf16 = resolve_precision(cpu, True)
+    assert bf16.name == "bf16" and inference_precision(cpu).name == "bf16"
+    assert resolve_precision(cpu, False).name == "fp32"  # amp=False wins over the switch
+    assert ("emulated" in precision_note(bf16, True)) == (not cpu_supports_bf16())
+    with torch.inference_mode(), bf16.autocast():  # runs on any CPU
+        assert torch.nn.Linear(4, 4)(torch.ones(2, 4)).dtype == torch.bfloat16
+    monkeypatch.setenv(PRECISION_ENV, "FP32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asked for by name: no fallback warning
+        fp32 = resolve_precision(cpu, True)
+    assert fp32.name == "fp32" and precision_note(fp32, True) == f" ({PRECISION_ENV}=fp32)"
+    monkeypatch.setenv(PRECISION_ENV, "")
+    assert inference_precision(cpu).name == ("bf16" if cpu_supports_bf16() else "fp32")
+    monkeypatch.setenv(PRECISION_ENV, "half")
+    with pytest.raises(ParameterError, match=r"ANOMALYMAP_CPU_PRECISION='half' is not known: use one of \['auto', 'bf16', 'fp32'\]"):
+        resolve_precision(cpu, True)
+    out = tmp_path / "run"
+    assert main(["run", "--results", str(out)]) == 2
+    assert "ANOMALYMAP_CPU_PRECISION='half' is not known" in capsys.readouterr().err
+    assert not out.exists()  # nothing written

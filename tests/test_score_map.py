@@ -12,6 +12,9 @@ from anomalymap_helpers.pipeline.explorer import Explorer, render
 from anomalymap_helpers.pipeline.model import ConvAutoencoder, ConvVAE, ModelConfig
 from tests.conftest import assert_close
 
+# Runs again with the other CPU precision in `make test` (fp32 on a bf16 CPU, emulated bf16 elsewhere).
+pytestmark = pytest.mark.precision
+
 
 def _setup(model_type: type = ConvAutoencoder, size: int = 28) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)

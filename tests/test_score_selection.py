@@ -13,6 +13,9 @@ from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
 from anomalymap_helpers.tools import score_selection
 from tests.conftest import assert_close
 
+# Runs again with the other CPU precision in `make test` (fp32 on a bf16 CPU, emulated bf16 elsewhere).
+pytestmark = pytest.mark.precision
+
 
 def test_the_development_split_holds_training_images_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(score_selection, "DEV_TEST", 30)

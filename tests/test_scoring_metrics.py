@@ -11,6 +11,9 @@ from anomalymap_helpers.pipeline import metrics, scoring
 from anomalymap_helpers.pipeline.device import resolve_precision
 from anomalymap_helpers.pipeline.model import ConvAutoencoder
 
+# Runs again with the other CPU precision in `make test` (fp32 on a bf16 CPU, emulated bf16 elsewhere).
+pytestmark = pytest.mark.precision
+
 
 def test_mse_and_maps_match_numpy() -> None:
     rng = np.random.default_rng(0)

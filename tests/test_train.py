@@ -19,6 +19,10 @@ from anomalymap_helpers.pipeline import train
 from anomalymap_helpers.runs import checkpoint
 from anomalymap_helpers.runs.paths import RunFiles
 
+# Marked `precision`: run again with the other CPU precision in `make test` (fp32 on a bf16 CPU,
+# emulated bf16 elsewhere); the slow end-to-end ones run once.
+PRECISION = pytest.mark.precision
+
 CPU = dict(device="cpu", batch_size=64)
 
 
@@ -26,6 +30,7 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
+@PRECISION
 def test_training_lowers_the_loss(small_normals) -> None:
     x, v = small_normals
     cfg = train.TrainConfig(epochs=3, **CPU)
@@ -36,6 +41,7 @@ def test_training_lowers_the_loss(small_normals) -> None:
     assert losses[-1] < losses[0] < before
 
 
+@PRECISION
 def test_same_seed_same_weights(small_normals) -> None:
     x, v = small_normals
     cfg = train.TrainConfig(epochs=1, **CPU)
@@ -47,6 +53,7 @@ def test_same_seed_same_weights(small_normals) -> None:
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
+@PRECISION
 def test_resume_equals_an_uninterrupted_run(small_normals, tmp_path: Path) -> None:
     x, v = small_normals
     whole = train.train(x, v, train.TrainConfig(epochs=2, **CPU), files=RunFiles(tmp_path / "a"), progress=False)
@@ -59,6 +66,7 @@ def test_resume_equals_an_uninterrupted_run(small_normals, tmp_path: Path) -> No
     assert resumed.history[1]["val_loss"] == pytest.approx(whole.history[1]["val_loss"], abs=0.0)
 
 
+@PRECISION
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(small_normals, tmp_path: Path) -> None:
     x, v = small_normals
     x = x.clone()
@@ -203,6 +211,7 @@ import resource, sys, torch
 from anomalymap_helpers.pipeline import device
 from anomalymap_helpers.pipeline import train
 from anomalymap_helpers.pipeline.model import ConvAutoencoder
+
 if sys.argv[1] == "retain":
     assert device.retain_freed_memory()
 else:  # glibc's initial threshold, pinned: pinning stops glibc from raising it as blocks are freed
@@ -267,6 +276,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
         train.TrainConfig(lr_schedule="linear")
 
 
+@PRECISION
 def test_cosine_schedule_resumes_only_over_its_planned_epochs(small_normals, tmp_path: Path) -> None:
     x, v = small_normals
     x, v = x[:256], v[:64]

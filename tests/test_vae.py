@@ -17,6 +17,10 @@ from anomalymap_helpers.runs.paths import RunFiles
 
 from .conftest import run_series
 
+# Marked `precision`: run again with the other CPU precision in `make test` (fp32 on a bf16 CPU,
+# emulated bf16 elsewhere); the slow end-to-end ones run once.
+PRECISION = pytest.mark.precision
+
 CPU = dict(device="cpu", batch_size=64)
 FP32 = Precision("fp32", "cpu")
 
@@ -32,6 +36,7 @@ def _reference_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return kl_divergence(q, Normal(torch.zeros_like(q.loc), torch.ones_like(q.scale))).sum(1)
 
 
+@PRECISION
 def test_vae_mean_is_its_latent_and_noise_samples_around_it() -> None:
     model = _vae().eval()
     x = torch.rand(5, 1, 28, 28)
@@ -48,6 +53,7 @@ def test_vae_mean_is_its_latent_and_noise_samples_around_it() -> None:
     assert type(build_model(ModelConfig())) is ConvAutoencoder
 
 
+@PRECISION
 def test_kl_term_matches_torch_distributions() -> None:
     mu, logvar = torch.randn(7, 5), torch.randn(7, 5)
     from anomalymap_helpers.pipeline.model import kl_divergence as ours
@@ -56,6 +62,7 @@ def test_kl_term_matches_torch_distributions() -> None:
     assert torch.all(ours(torch.zeros(2, 3), torch.zeros(2, 3)) == 0)
 
 
+@PRECISION
 def test_training_step_loss_is_the_beta_weighted_negative_elbo_per_pixel() -> None:
     model = _vae()
     x, noise = torch.rand(6, 1, 28, 28), torch.randn(6, 8)
@@ -82,6 +89,7 @@ def test_beta_trades_kl_for_reconstruction(small_normals) -> None:
     assert errors[0.05] < errors[5.0]
 
 
+@PRECISION
 def test_vae_resume_equals_an_uninterrupted_run(small_normals, tmp_path: Path) -> None:
     """The VAE's draws come from a stream seeded per epoch, so resuming repeats them exactly."""
     x, v = small_normals
@@ -126,6 +134,7 @@ def test_vae_checkpoint_round_trip_and_refusals(small_normals, tmp_path: Path) -
     assert files.model.read_bytes() == before
 
 
+@PRECISION
 def test_elbo_score_against_a_brute_force_reference() -> None:
     model = _vae(seed=3).eval()
     images = torch.rand(9, 1, 28, 28)

@@ -304,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     lat.set_defaults(func=_latency)
     args = parser.parse_args(argv)
     try:
+        from anomalymap_helpers.pipeline.device import cpu_precision_setting
+
+        cpu_precision_setting()  # a bad $ANOMALYMAP_CPU_PRECISION is refused before any work
         return args.func(args)
     except AnomalyMapError as exc:
         print(f"error: {exc}", file=sys.stderr)
