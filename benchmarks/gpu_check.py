@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ok, s, text = step("cuda tests", [py, "-m", "pytest", "-m", "cuda", "-ra", "tests/test_cuda.py"], out / "tests.log")
     summary = re.findall(r"=+ (.*) in [\d.]+s", text)
     rows.append(("CUDA tests", "pass" if ok else "FAIL", summary[-1] if summary else f"{s:.0f} s"))
-    ok, s, text = step("speed", [py, "-m", "anomalymap_helpers", "speed", "--device", "cuda", "--out", str(out / "speed")],
+    ok, s, text = step("speed", [py, "benchmarks/speed.py", "--device", "cuda", "--out", str(out / "speed")],
                        out / "speed.log")
     speed = out / "speed" / "speed.json"
     figures = json.loads(speed.read_text()) if ok and speed.exists() else {}

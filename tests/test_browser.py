@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from anomalymap_helpers.pipeline import metrics, scoring
-from anomalymap_helpers.tools.screenshot import (
+from benchmarks.screenshot import (
     CHROMIUM,
     CHROMIUM_FLAGS,
     click_point,
@@ -143,11 +143,11 @@ def test_screenshot_shows_the_explorer_alone_without_pop_ups(run_dir: Path, mnis
 
     from PIL import Image
 
-    from anomalymap_helpers.tools.cli import main
+    from benchmarks import screenshot
 
     run = shutil.copytree(run_dir, tmp_path / "run")  # notebook 04 runs on it and rewrites heatmaps/
     out = tmp_path / "explorer.png"
-    assert main(["screenshot", "--results", str(run), "--mnist-dir", str(mnist_dir), "--out", str(out)]) == 0
+    assert screenshot.main(["--results", str(run), "--mnist-dir", str(mnist_dir), "--out", str(out)]) == 0
     with Image.open(out) as image:
         width, height = image.size
         assert 600 < width < 1400 and height > 600  # the widget, not the whole 1400x1800 page

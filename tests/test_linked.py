@@ -149,7 +149,7 @@ def test_an_explorer_made_on_demand_is_made_once_and_only_for_the_live_view(link
 
 def test_latency_command_times_the_linked_map_and_the_ipympl_frame(linked: LatentExplorer) -> None:
     pytest.importorskip("plotly")
-    from anomalymap_helpers.tools.latency import measure_linked
+    from benchmarks.explorer_latency import measure_linked
 
     out = measure_linked(linked, moves=4)
     assert out["points"] == 25

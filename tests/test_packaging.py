@@ -6,6 +6,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,3 +40,28 @@ def test_every_package_folder_is_installed() -> None:
         if "__pycache__" not in p.parts
     }
     assert folders == installed, f"folders without __init__.py or outside the find pattern: {folders ^ installed}"
+
+
+def test_the_product_ships_without_the_instruments(capsys) -> None:
+    """The wheel holds the package alone; the user's command line names the product's verbs; every
+    script in benchmarks/ says what question it answers and has its own --help."""
+    import subprocess
+    import sys
+
+    from setuptools import find_packages
+
+    from anomalymap_helpers.tools.cli import main
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert not [p for p in find_packages(str(ROOT), include=find["include"]) if not p.startswith("anomalymap_helpers")]
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    verbs = capsys.readouterr().out.split("{", 1)[1].split("}", 1)[0].split(",")
+    assert verbs == ["run", "train", "export", "params", "example-folder", "benchmark"]
+    scripts = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if "main(" in p.read_text() and not p.name.startswith("_"))
+    assert len(scripts) == 9, scripts
+    for script in scripts:
+        text = script.read_text()
+        assert text.startswith('"""') and '__name__ == "__main__"' in text, script.name
+        proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60, cwd="/")
+        assert proc.returncode == 0 and proc.stdout.startswith("usage: "), script.name + proc.stderr

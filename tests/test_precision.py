@@ -10,8 +10,9 @@ import pytest
 from scipy.stats import rankdata
 
 from anomalymap_helpers.errors import ParameterError
+from anomalymap_helpers.pipeline.metrics import compare_scores
 from anomalymap_helpers.tools.cli import main
-from anomalymap_helpers.tools.precision import compare_scores
+from benchmarks import precision_report
 
 
 def test_compare_scores_against_numpy() -> None:
@@ -31,7 +32,7 @@ def test_compare_scores_against_numpy() -> None:
 def test_report_on_the_folder_run(folder_run_dir: Path, data_dir: Path, tmp_path: Path,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     """bf16 (emulated where the CPU lacks it) against fp32 through the whole topk path."""
-    assert main(["precision-report", "--results", str(folder_run_dir), "--precision", "bf16", "--device", "cpu",
+    assert precision_report.main(["--results", str(folder_run_dir), "--precision", "bf16", "--device", "cpu",
                  "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "precision_report.json").read_text())
@@ -47,11 +48,11 @@ def test_report_on_the_folder_run(folder_run_dir: Path, data_dir: Path, tmp_path
 def test_report_refuses_fp16_on_the_cpu_and_a_run_without_evaluation(folder_run_dir: Path, tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     from anomalymap_helpers.runs.opened import Run
-    from anomalymap_helpers.tools.precision import precision_report
+    from benchmarks.precision_report import precision_report as report_of
 
     with pytest.raises(ParameterError, match="fp16' needs a CUDA device"):
-        precision_report(Run.open(folder_run_dir, device="cpu"), "fp16")
-    assert main(["precision-report", "--results", str(tmp_path / "nothing")]) == 1
+        report_of(Run.open(folder_run_dir, device="cpu"), "fp16")
+    assert precision_report.main(["--results", str(tmp_path / "nothing")]) == 1
     assert "run notebook 01_data first" in capsys.readouterr().err
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.tools.schedule_curve import parse_schedule, run_curve
+from benchmarks.schedule_curve import parse_schedule, run_curve
 
 
 def test_curve_measures_every_so_many_images_and_at_the_end(

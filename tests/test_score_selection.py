@@ -10,7 +10,7 @@ import torch
 from anomalymap_helpers.pipeline import scoring
 from anomalymap_helpers.pipeline.data.images import ImageData
 from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
-from anomalymap_helpers.tools import score_selection
+from benchmarks import score_selection
 from tests.conftest import assert_close
 
 # Runs again with the other CPU precision in `make test` (fp32 on a bf16 CPU, emulated bf16 elsewhere).
@@ -60,10 +60,9 @@ def test_candidates_agree_with_the_shipped_score_and_each_other(precision: str) 
 
 
 def test_a_class_outside_0_to_9_is_refused_before_any_work(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from anomalymap_helpers.tools.cli import main
 
     out = tmp_path / "selection"
     with pytest.raises(SystemExit) as stop:
-        main(["score-selection", "--digits", "3", "12", "--out", str(out)])
+        score_selection.main(["--digits", "3", "12", "--out", str(out)])
     assert stop.value.code == 2 and "invalid choice: 12" in capsys.readouterr().err
     assert not out.exists()  # nothing written, nothing trained

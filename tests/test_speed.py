@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from anomalymap_helpers.errors import AnomalyMapError
-from anomalymap_helpers.tools.speed import run_speed
+from benchmarks.speed_harness import run_speed
 
 
 def test_speed_benchmark_writes_the_report(mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

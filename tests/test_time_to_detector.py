@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from anomalymap_helpers.runs import storage
-from anomalymap_helpers.tools.time_to_detector import run_time_to_detector
+from benchmarks.time_to_detector import run_time_to_detector
 
 
 def test_time_to_detector_times_both_on_one_split(

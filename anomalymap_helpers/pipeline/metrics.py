@@ -305,3 +305,18 @@ def average_precision_score(y: Any, s: Any) -> float:
     from sklearn.metrics import average_precision_score as ap
 
     return ap(y, s)
+
+
+def compare_scores(fp32: Any, other: Any, threshold: float) -> dict[str, float]:
+    """Largest absolute difference (and as a share of the fp32 scores' spread), Spearman's rank
+    correlation, and the verdicts (``score > threshold``) that differ."""
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(fp32, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    diff = float(np.abs(a - b).max())
+    return {
+        "largest_difference": diff,
+        "largest_difference_in_std": diff / float(a.std(ddof=1)) if a.size > 1 and a.std() > 0 else float("nan"),
+        "spearman": float(spearmanr(a, b).statistic),
+        "verdict_flips": int(((a > threshold) != (b > threshold)).sum()),
+    }

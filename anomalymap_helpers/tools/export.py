@@ -308,7 +308,7 @@ def check_export(path: str | os.PathLike[str], run: Any, batch_size: int = 512) 
             times.append(time.perf_counter() - t0)
         rates[name] = (len(x) / statistics.median(times), out)
     (o_maps, o_scores), (t_maps, t_scores) = rates["onnxruntime"][1], rates["pytorch"][1]
-    from anomalymap_helpers.tools.precision import compare_scores
+    from anomalymap_helpers.pipeline.metrics import compare_scores
 
     threshold = float(meta["threshold"])
     scores = compare_scores(t_scores.numpy(), o_scores, threshold)

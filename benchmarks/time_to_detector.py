@@ -1,6 +1,6 @@
 """Time to a trained detector: the whole series at its defaults against the original loop's training alone.
 
-``python -m anomalymap_helpers time-to-detector [--results DIR] [-p NAME VALUE]...`` measures,
+``python benchmarks/time_to_detector.py [--results DIR] [-p NAME VALUE]...`` measures,
 in one run on one machine:
 
 1. AnomalyMap's five notebooks at their defaults (or the ``-p`` parameters), through the
@@ -16,8 +16,14 @@ and prints both with their ratio (series / reference training) and the CPU, and 
 
 from __future__ import annotations
 
-import time
+import argparse
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python benchmarks/NAME.py`: the repository's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import time
 from typing import Any
 
 import torch
@@ -32,7 +38,7 @@ def reference_training(splits: dict[str, Any], epochs: int = REFERENCE_EPOCHS, s
     """Train the original design's loop on ``splits``; its seconds, validation MSE and ROC-AUCs."""
     from anomalymap_helpers.pipeline import metrics, scoring
     from anomalymap_helpers.pipeline.device import retain_freed_memory
-    from anomalymap_helpers.tools.speed.workers import ReferenceLoop
+    from benchmarks.speed_workers import ReferenceLoop
 
     retain_freed_memory()  # as the speed benchmark runs it: its speed then does not vary between runs
     x, test = splits["train"].images, splits["test"]
@@ -76,7 +82,7 @@ def run_time_to_detector(
     from anomalymap_helpers.pipeline import data
     from anomalymap_helpers.runs.paths import RunFiles
     from anomalymap_helpers.tools.runner import run_series
-    from anomalymap_helpers.tools.speed.harness import cpu_info
+    from benchmarks.machine import cpu_info
 
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ParameterError(f"repeats={repeats!r}: use a whole number of at least 1")
@@ -146,3 +152,29 @@ def format_table(r: dict[str, Any]) -> str:
     ]
     lines = ["| | original loop | AnomalyMap series |", "|---|---:|---:|"]
     return "\n".join(lines + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+
+
+def _main(args: argparse.Namespace) -> int:
+    from anomalymap_helpers.tools.runner import read_parameters
+
+    run_time_to_detector(args.results, read_parameters([], args.param or []), args.out, repeats=args.repeats)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status."""
+    from benchmarks._entry import run
+
+    ttd = argparse.ArgumentParser(prog="python benchmarks/time_to_detector.py", description="the whole series at its defaults against the original loop's 5 epochs of training")
+    ttd.add_argument("--results", default="results/time-to-detector", metavar="DIR", help="the series' run folder")
+    ttd.add_argument("--out", default=None, metavar="DIR", help="where time_to_detector.json goes (default --results)")
+    ttd.add_argument("--repeats", type=int, default=1,
+                     help="rounds of series then reference; the table gives medians (a shared machine drifts)")
+    ttd.add_argument(
+        "-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), help="a series parameter (default: none)"
+    )
+    return run(ttd, _main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

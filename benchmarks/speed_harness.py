@@ -1,6 +1,6 @@
 """Speed benchmark: the project's training and scoring paths against the reference loop.
 
-``python -m anomalymap_helpers speed [--epochs N] [--out DIR]`` trains the same
+``python benchmarks/speed.py [--epochs N] [--out DIR]`` trains the same
 model on the same data twice, each in a fresh process so that peak memory is
 its own, the two taking turns epoch by epoch so that both see the same machine
 (a shared machine's speed drifts over minutes):
@@ -31,8 +31,9 @@ import torch
 from anomalymap_helpers.errors import AnomalyMapError, ParameterError
 from anomalymap_helpers.runs import storage
 from anomalymap_helpers.runs.paths import resolve
-from anomalymap_helpers.tools.speed.report import format_table
-from anomalymap_helpers.tools.speed.workers import Workload, project_worker, reference_worker
+from benchmarks.machine import cpu_info
+from benchmarks.speed_report import format_table
+from benchmarks.speed_workers import Workload, project_worker, reference_worker
 
 DEFAULT_OUT = "results/speed"
 
@@ -85,28 +86,6 @@ class _Worker:
         self.process.join(timeout=30)
         if self.process.is_alive():
             self.process.terminate()
-
-
-def cpu_info() -> dict[str, Any]:
-    """The CPU's model, its cores and whether it has AVX-512, bf16 and AMX (Linux ``/proc/cpuinfo``)."""
-    import os
-    import platform
-
-    model, flags = platform.processor() or platform.machine(), set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    return {
-        "model": model,
-        "cores": os.cpu_count(),
-        "avx512": "avx512f" in flags,
-        "bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
-        "amx": "amx_tile" in flags,
-    }
 
 
 def run_speed(

@@ -1,6 +1,6 @@
 """How the default score was chosen: candidates measured on a development split of the *training* images.
 
-``python -m anomalymap_helpers score-selection [--dataset mnist|fashion-mnist]
+``python benchmarks/score_selection.py [--dataset mnist|fashion-mnist]
 [--protocol leave-one-out|one-class|both] [--digits 0 1 ...] [--out DIR]``
 
 The standard test set is never read. The training set is split once (seed
@@ -22,10 +22,16 @@ but searches every training image's whole feature map (about 37 s for 03's image
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python benchmarks/NAME.py`: the repository's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import csv
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -172,3 +178,25 @@ def run_selection(
     storage.write_text(md, table + "\n")
     print(table)
     return md
+
+
+def _main(args: argparse.Namespace) -> int:
+    protocols = ("leave-one-out", "one-class") if args.protocol == "both" else (args.protocol,)
+    run_selection(args.dataset, protocols, tuple(args.digits), args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status."""
+    from benchmarks._entry import run
+
+    sel = argparse.ArgumentParser(prog="python benchmarks/score_selection.py", description="how the default score was chosen: candidates on a split of the training images")
+    sel.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    sel.add_argument("--protocol", default="both", choices=["leave-one-out", "one-class", "both"])
+    sel.add_argument("--digits", type=int, nargs="+", default=list(range(10)), choices=range(10), metavar="CLASS")
+    sel.add_argument("--out", default="results/score-selection", metavar="DIR", help="one folder for every data set")
+    return run(sel, _main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

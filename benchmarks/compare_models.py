@@ -1,6 +1,6 @@
 """The autoencoder against the variational autoencoder, on the same split, over seeds.
 
-``python -m anomalymap_helpers compare-models [--seeds 3] [--beta 1.0]`` makes the default
+``python benchmarks/compare_models.py [--seeds 3] [--beta 1.0]`` makes the default
 MNIST split (digits 0-8 normal, 9 the anomaly, split seed 0: what notebook 01 makes at its
 defaults), then for each seed trains both models with the project's loop and notebook 02's
 defaults (``epochs=0``, ``batch_size=0``: 2 epochs of 64 here; ``seed`` seeds the weights, the
@@ -13,9 +13,15 @@ Nothing is chosen here: the table is a comparison, the default model stays ``ae`
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python benchmarks/NAME.py`: the repository's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,7 +49,7 @@ def compare_models(
 ) -> dict[str, Any]:
     """Train and score both models for each seed on the default split; print, write and return the summary."""
     from anomalymap_helpers.pipeline import data, metrics, scoring, train
-    from anomalymap_helpers.tools.speed.harness import cpu_info
+    from benchmarks.machine import cpu_info
 
     images = data.load_mnist(mnist_dir=mnist_dir)
     config = data.SplitConfig(max_train=max_train, max_test=max_test)
@@ -103,3 +109,27 @@ def _table(summary: dict[str, Any]) -> str:
                 f"{_mean_sd([r['val_mse'] for r in mine], 5)} | {statistics.mean(r['train_seconds'] for r in mine):.1f} |"
             )
     return "\n".join(lines)
+
+
+def _main(args: argparse.Namespace) -> int:
+    compare_models(args.seeds, args.out, beta=args.beta, mnist_dir=args.mnist_dir, max_train=args.max_train or None,
+                   max_test=args.max_test or None)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status."""
+    from benchmarks._entry import run
+
+    cmp = argparse.ArgumentParser(prog="python benchmarks/compare_models.py", description="the autoencoder against the VAE on the default split: every score, over seeds")
+    cmp.add_argument("--seeds", type=int, default=3, help="seeds of the weights (the split stays the default)")
+    cmp.add_argument("--beta", type=float, default=1.0, help="the VAE's KL weight")
+    cmp.add_argument("--out", default="results/compare-models", metavar="DIR")
+    cmp.add_argument("--mnist-dir", default=None)
+    cmp.add_argument("--max-train", type=int, default=0, help="cap on normal training images (0: all)")
+    cmp.add_argument("--max-test", type=int, default=0, help="cap on test images (0: all)")
+    return run(cmp, _main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

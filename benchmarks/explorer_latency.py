@@ -1,6 +1,6 @@
 """How long the explorer takes from a control's new value to the redrawn view.
 
-``python -m anomalymap_helpers explorer-latency --results DIR`` opens a run made by
+``python benchmarks/explorer_latency.py --results DIR`` opens a run made by
 notebooks 01-03, moves each control ``--moves`` times and writes the median and
 90th percentile to ``<run>/explorer_latency.json``. With ``--linked`` (a run made by
 01-05) it also times notebook 05's linked map (:func:`measure_linked`), and what the same
@@ -8,6 +8,13 @@ scatter would cost drawn by ipympl instead of plotly.
 """
 
 from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python benchmarks/NAME.py`: the repository's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import io
 import time
@@ -111,3 +118,35 @@ def measure_linked(linked: Any, moves: int = 40) -> dict[str, float]:
     for name, t in times.items():
         out.update(_stats(name, t))
     return out
+
+
+def _main(args: argparse.Namespace) -> int:
+    import json
+
+    from anomalymap_helpers.runs import storage
+    from anomalymap_helpers.runs.opened import Run
+
+    run = Run.open(args.results, mnist_dir=args.mnist_dir)
+    result = {"moves": args.moves, **measure_latency(run.explorer(), args.moves)}
+    if args.linked:
+        result["linked"] = measure_linked(run.latent_explorer(), args.moves)
+    print(json.dumps(result, indent=2))
+    storage.write_json(run.files.root / "explorer_latency.json", result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status."""
+    from benchmarks._entry import run
+
+    lat = argparse.ArgumentParser(prog="python benchmarks/explorer_latency.py", description="milliseconds from a slider move to the redrawn explorer view")
+    lat.add_argument("--results", default="results/default", metavar="DIR", help="a run folder made by notebooks 01-03")
+    lat.add_argument("--moves", type=int, default=40)
+    lat.add_argument("--linked", action="store_true",
+                     help="also time notebook 05's linked map (plotly) against drawing it with ipympl (a run made by 01-05)")
+    lat.add_argument("--mnist-dir", default=None)
+    return run(lat, _main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Learning curves of training schedules: validation MSE and digit-9 ROC-AUC against images trained on.
 
-``python -m anomalymap_helpers schedule-curve [--schedule EPOCHSxBATCH]... [--seeds 3]`` trains the
+``python benchmarks/schedule_curve.py [--schedule EPOCHSxBATCH]... [--seeds 3]`` trains the
 default model on the default MNIST split (digits 0-8 normal) once per schedule and seed, with
 the project's loop, and every ``--every`` images measures the validation MSE (normals only)
 and the digit-9 ROC-AUC of ``latent-knn`` (the default score when the schedule was chosen). It writes ``curve.csv`` and
@@ -13,9 +13,15 @@ and the time, never by the ROC-AUC (a test label).
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python benchmarks/NAME.py`: the repository's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,7 +56,7 @@ def run_curve(
 ) -> dict[str, Any]:
     """Train each schedule for each seed, measuring as it goes; print, write and plot the curves."""
     from anomalymap_helpers.pipeline import data, train
-    from anomalymap_helpers.tools.speed.harness import cpu_info
+    from benchmarks.machine import cpu_info
 
     plans = [(s, *parse_schedule(s)) for s in schedules]
     images = data.load_mnist(mnist_dir=mnist_dir)
@@ -144,3 +150,28 @@ def _plot(rows: list[dict[str, Any]], names: list[str]) -> Any:
     fig.suptitle("Learning curves on MNIST (digits 0-8 normal), mean over seeds")
     fig.tight_layout()
     return fig
+
+
+def _main(args: argparse.Namespace) -> int:
+    run_curve(args.schedule or ["5x256", "1x32"], args.seeds, args.out, every=args.every,
+              mnist_dir=args.mnist_dir, figure=args.figure)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status."""
+    from benchmarks._entry import run
+
+    curve = argparse.ArgumentParser(prog="python benchmarks/schedule_curve.py", description="validation MSE and digit-9 ROC-AUC against images trained on, per training schedule")
+    curve.add_argument("--schedule", action="append", metavar="EPOCHSxBATCH",
+                       help="a schedule to train (repeatable; default 5x256, the old default, and 1x32, the new)")
+    curve.add_argument("--seeds", type=int, default=3)
+    curve.add_argument("--every", type=int, default=24_576, help="images between two measurements")
+    curve.add_argument("--out", default="results/schedule-curve", metavar="DIR")
+    curve.add_argument("--figure", default=None, metavar="PNG", help="where the plot goes (default <out>/schedule_curve.png)")
+    curve.add_argument("--mnist-dir", default=None)
+    return run(curve, _main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

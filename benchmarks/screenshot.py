@@ -1,6 +1,6 @@
 """Notebook 04 in a real JupyterLab, for a picture or a browser test.
 
-``python -m anomalymap_helpers screenshot --results DIR [--out docs/explorer_jupyterlab.png]``
+``python benchmarks/screenshot.py --results DIR [--out docs/explorer_jupyterlab.png]``
 starts JupyterLab on a loopback port with a token, in a scratch folder holding a copy of
 notebook 04 whose parameters point at the run folder, opens it in Debian's Chromium through
 Playwright (no browser download), runs every cell and saves a picture of the explorer widget
@@ -12,19 +12,24 @@ what the browser test drives too.
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python benchmarks/NAME.py`: the repository's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from anomalymap_helpers.errors import AnomalyMapError
@@ -258,3 +263,28 @@ def screenshot(
             finally:
                 browser.close()
     return target
+
+
+def _main(args: argparse.Namespace) -> int:
+    default = "docs/explorer_jupyterlab.png" if args.notebook == "04" else "docs/latent_map_jupyterlab.png"
+    out = screenshot(args.results, args.out or default, mnist_dir=args.mnist_dir or "", notebook=args.notebook)
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status."""
+    from benchmarks._entry import run
+
+    shot = argparse.ArgumentParser(prog="python benchmarks/screenshot.py", description="a picture of notebook 04's explorer in JupyterLab (Chromium, Playwright)")
+    shot.add_argument("--results", default="results/default", metavar="DIR", help="a run folder made by notebooks 01-03")
+    shot.add_argument("--out", default=None, metavar="PNG",
+                      help="default docs/explorer_jupyterlab.png (04) or docs/latent_map_jupyterlab.png (05)")
+    shot.add_argument("--notebook", default="04", choices=["04", "05"],
+                      help="04: the heatmap explorer; 05: the linked latent map with a flagged anomaly clicked")
+    shot.add_argument("--mnist-dir", default=None)
+    return run(shot, _main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

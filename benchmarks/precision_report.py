@@ -1,6 +1,6 @@
 """How much mixed precision changes the scores: the same weights in fp32 and in bf16/fp16.
 
-``python -m anomalymap_helpers precision-report --results DIR [--precision auto|bf16|fp16]``
+``python benchmarks/precision_report.py --results DIR [--precision auto|bf16|fp16]``
 scores the run's validation and test images twice on the same weights, through the whole
 path of notebook 03's score (reconstructions, latents, the kNN reference set encoded in
 that precision), once in fp32 and once under autocast, and reports the largest score
@@ -12,30 +12,20 @@ the figures are right, the time is not representative.
 
 from __future__ import annotations
 
-import time
+import argparse
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python benchmarks/NAME.py`: the repository's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import time
 from typing import Any
 
-import numpy as np
-
 from anomalymap_helpers.errors import ParameterError
+from anomalymap_helpers.pipeline.metrics import compare_scores
 
 PRECISIONS = ("auto", "bf16", "fp16")
-
-
-def compare_scores(fp32: Any, other: Any, threshold: float) -> dict[str, float]:
-    """Largest absolute difference (and as a share of the fp32 scores' spread), Spearman's rank
-    correlation, and the verdicts (``score > threshold``) that differ."""
-    from scipy.stats import spearmanr
-
-    a, b = np.asarray(fp32, dtype=np.float64), np.asarray(other, dtype=np.float64)
-    diff = float(np.abs(a - b).max())
-    return {
-        "largest_difference": diff,
-        "largest_difference_in_std": diff / float(a.std(ddof=1)) if a.size > 1 and a.std() > 0 else float("nan"),
-        "spearman": float(spearmanr(a, b).statistic),
-        "verdict_flips": int(((a > threshold) != (b > threshold)).sum()),
-    }
 
 
 def precision_report(run: Any, precision: str = "auto") -> dict[str, Any]:
@@ -116,3 +106,26 @@ def run_precision_report(results: str, precision: str = "auto", out: str | None 
     path = storage.write_json(Path(resolve(out) if out else run.files.root) / "precision_report.json", report)
     print(f"wrote {path}")
     return report
+
+
+def _main(args: argparse.Namespace) -> int:
+    run_precision_report(args.results, args.precision, args.out, mnist_dir=args.mnist_dir, device=args.device)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status."""
+    from benchmarks._entry import run
+
+    prec = argparse.ArgumentParser(prog="python benchmarks/precision_report.py", description="the run's scores in fp32 against mixed precision (bf16/fp16) on the same weights")
+    prec.add_argument("--results", default="results/default", metavar="DIR", help="a run folder made by notebooks 01-03")
+    prec.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16"],
+                      help="the mixed precision (auto: this device's; bf16 is emulated on CPUs without it)")
+    prec.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    prec.add_argument("--out", default=None, metavar="DIR", help="where precision_report.json goes (default --results)")
+    prec.add_argument("--mnist-dir", default=None)
+    return run(prec, _main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from anomalymap_helpers.tools.speed.profile import step_breakdown
+from benchmarks.speed_profile import step_breakdown
 
 
 @dataclasses.dataclass(frozen=True)
