@@ -10,6 +10,7 @@ from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.pipeline import metrics, scoring
 from anomalymap_helpers.pipeline.device import resolve_precision
 from anomalymap_helpers.pipeline.model import ConvAutoencoder
+from anomalymap_helpers.pipeline.scoring import pixel
 
 # Runs again with the other CPU precision in `make test` (fp32 on a bf16 CPU, emulated bf16 elsewhere).
 pytestmark = pytest.mark.precision
@@ -100,7 +101,7 @@ def test_ssim_of_constant_images_matches_the_formula() -> None:
 @pytest.mark.parametrize("banded_max", [128, 0])  # window sums as matrix products, and as a convolution
 def test_ssim_matches_a_window_by_window_reference(banded_max: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every 7x7 window that fits, weighted by the 2-D Gaussian, SSIM by the formula, averaged."""
-    monkeypatch.setattr(scoring, "BANDED_MAX", banded_max)
+    monkeypatch.setattr(pixel, "BANDED_MAX", banded_max)
     rng = np.random.default_rng(1)
     x, y = rng.random((3, 2, 12, 15)), rng.random((3, 2, 12, 15))
     coords = np.arange(7) - 3.0
@@ -329,3 +330,24 @@ def test_comparison_puts_the_runs_score_first_and_keeps_the_order_given() -> Non
     for r in rows:
         assert r["roc_auc"] == pytest.approx(roc_auc_score(y, scores[r["method"]]))
         assert r["average_precision"] == pytest.approx(average_precision_score(y, scores[r["method"]]))
+
+
+def test_a_new_score_is_one_entry_in_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Scorer computes whatever the registry names; a registered method is scored for the
+    validation normals and for new images alike, and the shipped ones equal their functions."""
+    from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
+    from anomalymap_helpers.pipeline.scoring import scorer
+
+    torch.manual_seed(0)
+    model = ConvAutoencoder(ModelConfig(latent_dim=8)).eval()
+    train, val, test = torch.rand(20, 1, 28, 28), torch.rand(6, 1, 28, 28), torch.rand(4, 1, 28, 28)
+    monkeypatch.setitem(scorer.REGISTRY, "max-error", scorer.Method("max-error", lambda s, x, n: x.maps.flatten(1).amax(1)))
+    s = scoring.Scorer(model, train, val, k=2)
+    scored = scoring.score(model, test)
+    everything = s.all_scores(scored)
+    torch.testing.assert_close(everything["max-error"], scored.maps.flatten(1).amax(1))
+    assert s.val_scores["max-error"].shape == (6,)
+    torch.testing.assert_close(everything["topk"], scoring.topk_scores(scored.maps, 10))
+    torch.testing.assert_close(everything["latent-knn"], scoring.knn_distances(s.reference, scored.latents, 2))
+    assert set(everything) == set(scoring.METHODS) | {"max-error"}  # elbo only for a VAE
+    assert [n for n, m in scoring.REGISTRY.items() if m.own_map] == ["latent-knn", "patch-knn"]

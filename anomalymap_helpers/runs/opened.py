@@ -189,11 +189,10 @@ class Run:
         """
         from anomalymap_helpers.pipeline import scoring
 
-        if method == "patch-knn":
-            return scoring.PatchKnn(self.model, self.splits["train"].images, self.reference_latents())
-        if method == "latent-knn":
-            return scoring.LatentKnnMaps(self.model, self.splits["train"].images, self.reference_latents())
-        return None
+        own_map = scoring.REGISTRY[method].own_map if method in scoring.REGISTRY else None
+        if own_map is None:
+            return None
+        return own_map(self.model, self.splits["train"].images, self.reference_latents())
 
     def check_beside(self, other_dir: str | os.PathLike[str]) -> RunFiles:
         """Refuse another run folder made on a different split (or not scored by 03); return its files."""

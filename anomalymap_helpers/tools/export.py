@@ -40,7 +40,8 @@ from anomalymap_helpers.runs import storage
 
 INPUTS = ("uint8", "float")
 OPSET = 18
-NEEDS_REFERENCE = ("latent-knn", "patch-knn", "ensemble")  # methods that look up the training normals' latents
+# methods that look up the training normals' latents
+NEEDS_REFERENCE = tuple(name for name, m in scoring.REGISTRY.items() if m.needs_reference)
 
 
 class Detector(nn.Module):

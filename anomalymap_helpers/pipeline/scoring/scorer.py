@@ -1,0 +1,154 @@
+"""Every score by name: the registry of methods, the rule of ``score_method="auto"``, and the
+:class:`Scorer` that fits them on normal images and computes them together."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from anomalymap_helpers.errors import ParameterError
+from anomalymap_helpers.pipeline.device import Precision
+from anomalymap_helpers.pipeline.model import ConvAutoencoder
+from anomalymap_helpers.pipeline.scoring.inference import Scored, score
+from anomalymap_helpers.pipeline.scoring.knn import nearest
+from anomalymap_helpers.pipeline.scoring.latent_maps import LatentKnnMaps
+from anomalymap_helpers.pipeline.scoring.patch_knn import PatchKnn
+from anomalymap_helpers.pipeline.scoring.pixel import elbo_scores, ssim_scores, topk_scores
+
+Neighbours = tuple[torch.Tensor, torch.Tensor]  # (distances (N, k), indices (N, k)) of the shared search
+
+
+@dataclass(frozen=True)
+class Method:
+    """One score method, as the registry names it.
+
+    Attributes:
+        name: What ``score_method`` calls it.
+        compute: ``(scorer, scored, neighbours) -> (N,)`` scores, from the images' :class:`Scored`
+            and the one nearest-normal search :class:`Scorer` makes for every kNN score; None for
+            a combination of other methods (``ensemble``).
+        needs_reference: Whether it looks up the training normals (the kNN reference set, which
+            the ONNX detector then carries).
+        own_map: The class that draws the score's own map (called as ``cls(model, train_images,
+            reference)`` on images), or None where the score is read off the reconstruction error.
+        vae_only: Only a variational autoencoder has it.
+    """
+
+    name: str
+    compute: Callable[[Scorer, Scored, Neighbours], torch.Tensor] | None
+    needs_reference: bool = False
+    own_map: type | None = None
+    vae_only: bool = False
+
+
+ENSEMBLE = ("latent-knn", "ssim")  # what the ensemble averages, each standardised on the validation normals
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("mse", lambda s, x, n: x.scores),
+    Method("topk", lambda s, x, n: topk_scores(x.maps, s.topk)),
+    Method("ssim", lambda s, x, n: ssim_scores(x.images, x.reconstructions)),
+    Method("latent-knn", lambda s, x, n: n[0][:, : s.k].mean(1), needs_reference=True, own_map=LatentKnnMaps),
+    Method("patch-knn", lambda s, x, n: s.patch.scores(x.images, neighbours=n[1]), needs_reference=True,
+           own_map=PatchKnn),
+    Method("ensemble", None, needs_reference=True),
+    Method("elbo", lambda s, x, n: elbo_scores(x.scores, x.kl, x.images[0].numel()), vae_only=True),
+)}
+METHODS = tuple(n for n, m in REGISTRY.items() if not m.vae_only)  # every model's
+VAE_METHODS = tuple(n for n, m in REGISTRY.items() if m.vae_only)  # the variational autoencoder's own
+DEFAULT_METHOD = "patch-knn"
+
+
+def check_method(method: str, dataset: str = "mnist", model: str | None = None) -> str:
+    """Return ``method`` (``"auto"`` resolved for ``dataset``) if it is known, else say which are.
+
+    With ``model`` (``"ae"`` or ``"vae"``), ``elbo`` is refused for an autoencoder.
+    """
+    if method == "auto":
+        return default_method(dataset)
+    if method not in METHODS + VAE_METHODS:
+        raise ParameterError(f"score_method={method!r}: use one of {['auto', *METHODS, *VAE_METHODS]}")
+    if method in VAE_METHODS and model == "ae":
+        raise ParameterError(
+            f"score_method={method!r} is the variational autoencoder's negative ELBO, and this run's model is an "
+            f"autoencoder: train with -p model vae in 02, or use one of {['auto', *METHODS]}"
+        )
+    return method
+
+
+def default_method(dataset: str) -> str:
+    """The score of ``score_method="auto"``: ``topk`` (read off the map) for folders, else ``patch-knn``.
+
+    A folder data set is about *where* the defect is, at the pixel, so its default score is
+    read off the full-resolution reconstruction error that the pixel-level measures score;
+    for MNIST and Fashion-MNIST the anomaly is a whole other class, which the encoder's
+    features compared with the nearest normals' tell apart (``patch-knn``, whose own map is
+    on the encoder's coarse grid). Chosen on a development split of the *training* images
+    (docs/benchmarks.md), never on test results.
+    """
+    return "topk" if dataset == "folder" else DEFAULT_METHOD
+
+
+class Scorer:
+    """Every score method, fitted on normal images only.
+
+    Args:
+        model: The trained autoencoder.
+        train_images: ``(N, C, H, W)`` normal training images: the reference set of the kNN
+            scores (``patch-knn`` compares feature maps of the nearest of them).
+        val: Validation normals, ``(M, C, H, W)`` images or what :func:`score` made of
+            them: the standardisation of the ensemble.
+        reference: ``train_images``' latents where already encoded (e.g.
+            :meth:`~anomalymap_helpers.runs.opened.Run.reference_latents`, cached per model);
+            else encoded here.
+        k: Neighbours of ``latent-knn``.
+        topk: Pixels of ``topk``.
+        blur: The maps' Gaussian sigma, where ``val`` is images.
+        precision: Of ``patch-knn``'s encoder passes (default: as :func:`infer`).
+
+    Attributes:
+        val_scores: Every method's ``(M,)`` scores of the validation normals (for a
+            threshold), computed once here.
+        patch: The :class:`PatchKnn` of ``patch-knn`` (its maps).
+    """
+
+    def __init__(
+        self,
+        model: ConvAutoencoder,
+        train_images: torch.Tensor,
+        val: torch.Tensor | Scored,
+        *,
+        reference: torch.Tensor | None = None,
+        k: int = 2,
+        topk: int = 10,
+        blur: float = 0.0,
+        precision: Precision | None = None,
+    ) -> None:
+        if train_images.dim() != 4:
+            raise ParameterError(
+                f"Scorer takes the normal training images (N, C, H, W), not a tensor of shape {tuple(train_images.shape)}; "
+                "give their cached latents as reference="
+            )
+        self.model, self.k, self.topk = model, k, topk
+        self.patch = PatchKnn(model, train_images, reference, precision=precision)
+        self.reference = self.patch.reference
+        base = self._base(val if isinstance(val, Scored) else score(model, val, blur=blur, precision=precision))
+        self.stats = {m: (float(base[m].mean()), float(base[m].std()) or 1.0) for m in ENSEMBLE}
+        self.val_scores = self._with_ensemble(base)
+
+    def _base(self, scored: Scored) -> dict[str, torch.Tensor]:
+        # One search of the reference for both kNN scores: the nearest first, so latent-knn's k are the first k.
+        neighbours = nearest(self.reference, scored.latents, max(self.k, self.patch.k))
+        return {
+            name: m.compute(self, scored, neighbours)
+            for name, m in REGISTRY.items()
+            if m.compute is not None and (not m.vae_only or scored.kl is not None)
+        }
+
+    def _with_ensemble(self, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ensemble = torch.stack([(base[m] - mu) / sd for m, (mu, sd) in self.stats.items()]).mean(0)
+        return {**base, "ensemble": ensemble}
+
+    def all_scores(self, scored: Scored) -> dict[str, torch.Tensor]:
+        """Every method's ``(N,)`` scores for images already reconstructed by :func:`score`."""
+        return self._with_ensemble(self._base(scored))
