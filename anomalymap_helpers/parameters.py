@@ -53,7 +53,7 @@ def writable_folder(name: str, value: str) -> None:
 
     The nearest existing folder at or above ``value`` must take a new subfolder.
     """
-    from anomalymap_helpers.runs.paths import resolve
+    from anomalymap_helpers.files.paths import resolve
 
     path = resolve(value)
     if path.exists() and not path.is_dir():
@@ -93,7 +93,7 @@ def _image_dir(name: str, value: str) -> None:
 
 def _compare_run(name: str, value: str) -> None:
     if value:
-        from anomalymap_helpers.runs.paths import RunFiles
+        from anomalymap_helpers.files.paths import RunFiles
 
         files = RunFiles.at(value)
         if not files.comparison.is_file():

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from anomalymap_helpers.runs import storage
-from anomalymap_helpers.runs.paths import resolve
+from anomalymap_helpers.files import storage
+from anomalymap_helpers.files.paths import resolve
 
 MODELS = ("ae", "vae")
 SHOWN = ("patch-knn", "latent-knn", "mse", "elbo")  # the default score, the old default, the original one, the VAE's own

@@ -123,7 +123,7 @@ def measure_linked(linked: Any, moves: int = 40) -> dict[str, float]:
 def _main(args: argparse.Namespace) -> int:
     import json
 
-    from anomalymap_helpers.runs import storage
+    from anomalymap_helpers.files import storage
     from anomalymap_helpers.runs.opened import Run
 
     run = Run.open(args.results, mnist_dir=args.mnist_dir)

@@ -93,9 +93,9 @@ def format_report(r: dict[str, Any]) -> str:
 
 def run_precision_report(results: str, precision: str = "auto", out: str | None = None, **open_kwargs: Any) -> dict[str, Any]:
     """Open the run, report, print, and write ``precision_report.json`` (into ``out``, default the run folder)."""
-    from anomalymap_helpers.runs import storage
+    from anomalymap_helpers.files import storage
+    from anomalymap_helpers.files.paths import resolve
     from anomalymap_helpers.runs.opened import Run
-    from anomalymap_helpers.runs.paths import resolve
 
     if precision not in PRECISIONS:
         raise ParameterError(f"precision={precision!r}: use one of {list(PRECISIONS)}")

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.runs import storage
-from anomalymap_helpers.runs.paths import resolve
+from anomalymap_helpers.files import storage
+from anomalymap_helpers.files.paths import resolve
 
 
 def parse_schedule(text: str) -> tuple[int, int]:

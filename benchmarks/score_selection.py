@@ -36,9 +36,9 @@ from typing import Any
 
 import torch
 
+from anomalymap_helpers.files import storage
+from anomalymap_helpers.files.paths import resolve
 from anomalymap_helpers.pipeline import scoring
-from anomalymap_helpers.runs import storage
-from anomalymap_helpers.runs.paths import resolve
 
 DEV_SEED = 12345  # the one split of the training set into the development pool and test set
 DEV_TEST = 10_000

@@ -204,9 +204,9 @@ def screenshot(
     """
     if notebook not in ("04", "05"):
         raise AnomalyMapError(f"notebook={notebook!r}: the pictures are of 04 (the explorer) or 05 (the linked map)")
-    from anomalymap_helpers.runs import storage
+    from anomalymap_helpers.files import storage
+    from anomalymap_helpers.files.paths import resolve
     from anomalymap_helpers.runs.opened import Run
-    from anomalymap_helpers.runs.paths import resolve
 
     run_dir = resolve(results)
     run = Run.open(run_dir, data_dir=data_dir, mnist_dir=mnist_dir or None, device="cpu")

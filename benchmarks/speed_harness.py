@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from anomalymap_helpers.errors import AnomalyMapError, ParameterError
-from anomalymap_helpers.runs import storage
-from anomalymap_helpers.runs.paths import resolve
+from anomalymap_helpers.files import storage
+from anomalymap_helpers.files.paths import resolve
 from benchmarks.machine import cpu_info
 from benchmarks.speed_report import format_table
 from benchmarks.speed_workers import Workload, project_worker, reference_worker

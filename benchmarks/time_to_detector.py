@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from anomalymap_helpers.runs import storage
-from anomalymap_helpers.runs.paths import resolve
+from anomalymap_helpers.files import storage
+from anomalymap_helpers.files.paths import resolve
 
 REFERENCE_EPOCHS = 5
 
@@ -79,8 +79,8 @@ def run_time_to_detector(
     import statistics
 
     from anomalymap_helpers.errors import ParameterError
+    from anomalymap_helpers.files.paths import RunFiles
     from anomalymap_helpers.pipeline import data
-    from anomalymap_helpers.runs.paths import RunFiles
     from anomalymap_helpers.tools.runner import run_series
     from benchmarks.machine import cpu_info
 

@@ -198,9 +198,9 @@ def test_run_opens_a_trained_run(run_dir: Path, data_dir: Path) -> None:
 
 def test_run_without_a_model_names_notebook_02(tmp_path: Path, mnist_dir: Path, data_dir: Path) -> None:
     from anomalymap_helpers.errors import MissingInputError
+    from anomalymap_helpers.files.paths import RunFiles
     from anomalymap_helpers.pipeline import data
     from anomalymap_helpers.runs.opened import Run
-    from anomalymap_helpers.runs.paths import RunFiles
 
     mnist = data.load_mnist(data_dir, str(mnist_dir))
     source = {"data_dir": str(data_dir), "mnist_dir": ""}
@@ -258,11 +258,11 @@ def test_reference_latents_are_cached_per_model_and_made_again_after_retraining(
     weights in model.safetensors) never gets the stale ones."""
     import torch
 
+    from anomalymap_helpers.files.paths import RunFiles
     from anomalymap_helpers.pipeline import data, scoring
     from anomalymap_helpers.pipeline.model import ConvAutoencoder
     from anomalymap_helpers.runs import checkpoint
     from anomalymap_helpers.runs.opened import Run
-    from anomalymap_helpers.runs.paths import RunFiles
 
     files = RunFiles(tmp_path)
     mnist = data.load_mnist(data_dir, str(mnist_dir))

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from anomalymap_helpers.files import storage
 from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
-from anomalymap_helpers.runs import checkpoint, storage
+from anomalymap_helpers.runs import checkpoint
 
 
 def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from anomalymap_helpers.runs import storage
+from anomalymap_helpers.files import storage
 from benchmarks.time_to_detector import run_time_to_detector
 
 

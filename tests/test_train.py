@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from anomalymap_helpers.errors import ParameterError, TrainingError
+from anomalymap_helpers.files.paths import RunFiles
 from anomalymap_helpers.pipeline import train
 from anomalymap_helpers.runs import checkpoint
-from anomalymap_helpers.runs.paths import RunFiles
 
 # Marked `precision`: run again with the other CPU precision in `make test` (fp32 on a bf16 CPU,
 # emulated bf16 elsewhere); the slow end-to-end ones run once.
@@ -166,7 +166,7 @@ _CHILD = textwrap.dedent(
     """
     import sys, torch
     from anomalymap_helpers.pipeline import train
-    from anomalymap_helpers.runs.paths import RunFiles
+    from anomalymap_helpers.files.paths import RunFiles
     torch.manual_seed(5)
     x = torch.rand(3000, 1, 28, 28); v = torch.rand(200, 1, 28, 28)
     cfg = train.TrainConfig(epochs=int(sys.argv[2]), batch_size=64, device="cpu")

@@ -171,7 +171,7 @@ def launch(
     tail: deque[str] = deque(maxlen=60)
     echo(f"$ OMP_NUM_THREADS={threads} {shlex.join(cmd)}")
     if cwd is None:  # the project root, so `-m anomalymap_helpers` imports this checkout
-        from anomalymap_helpers.runs.paths import project_root
+        from anomalymap_helpers.files.paths import project_root
 
         cwd = project_root()
     with subprocess.Popen(

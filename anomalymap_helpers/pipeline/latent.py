@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from anomalymap_helpers.errors import ParameterError
+from anomalymap_helpers.files import storage
 from anomalymap_helpers.pipeline.scoring import encode
-from anomalymap_helpers.runs import storage
 
 __all__ = ["encode", "tsne", "write_embeddings"]
 

@@ -19,8 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from anomalymap_helpers.errors import CheckpointError
+from anomalymap_helpers.files import storage
 from anomalymap_helpers.pipeline.model import MODEL_NAMES, MODELS, ConvAutoencoder, ModelConfig, build_model
-from anomalymap_helpers.runs import storage
 
 FORMAT = "anomalymap/1"
 

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from anomalymap_helpers.errors import DataError
+from anomalymap_helpers.files import storage
+from anomalymap_helpers.files.paths import DEFAULT_DATA_DIR, RunFiles
 from anomalymap_helpers.pipeline import data
 from anomalymap_helpers.pipeline.device import resolve_device
-from anomalymap_helpers.runs import checkpoint, storage
-from anomalymap_helpers.runs.paths import DEFAULT_DATA_DIR, RunFiles
+from anomalymap_helpers.runs import checkpoint
 
 if TYPE_CHECKING:
     from anomalymap_helpers.pipeline import scoring

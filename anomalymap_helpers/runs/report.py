@@ -8,8 +8,8 @@ import time
 from importlib import metadata
 from typing import Any
 
-from anomalymap_helpers.runs import storage
-from anomalymap_helpers.runs.paths import RunFiles
+from anomalymap_helpers.files import storage
+from anomalymap_helpers.files.paths import RunFiles
 
 PACKAGES = ("torch", "torchvision", "numpy", "scikit-learn", "matplotlib", "seaborn", "safetensors", "papermill")
 

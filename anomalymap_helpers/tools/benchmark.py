@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.runs import storage
-from anomalymap_helpers.runs.paths import resolve
+from anomalymap_helpers.files import storage
+from anomalymap_helpers.files.paths import resolve
 
 PROTOCOLS = ("leave-one-out", "one-class")
 COLUMNS = ["protocol", "digit", "seed", "method", "roc_auc", "average_precision", "recall_at_1pct_fpr", "recall_at_5pct_fpr"]

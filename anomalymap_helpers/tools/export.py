@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomalymap_helpers.errors import MissingInputError, ParameterError
+from anomalymap_helpers.files import storage
 from anomalymap_helpers.pipeline import scoring
 from anomalymap_helpers.pipeline.model import ConvAutoencoder, ReferenceAutoencoder
-from anomalymap_helpers.runs import storage
 
 INPUTS = ("uint8", "float")
 OPSET = 18
@@ -209,8 +209,8 @@ def export(
     """
     if input_type not in INPUTS:
         raise ParameterError(f"--input {input_type!r}: use one of {list(INPUTS)}")
+    from anomalymap_helpers.files.paths import RunFiles
     from anomalymap_helpers.runs.opened import Run
-    from anomalymap_helpers.runs.paths import RunFiles
 
     files = RunFiles.at(results_dir)
     if not files.root.is_dir():

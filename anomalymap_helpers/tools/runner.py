@@ -25,9 +25,9 @@ import yaml
 
 from anomalymap_helpers import parameters
 from anomalymap_helpers.errors import AnomalyMapError, ParameterError
+from anomalymap_helpers.files.paths import DEFAULT_RESULTS_DIR, RunFiles, project_root, resolve
 from anomalymap_helpers.pipeline.progress import HEADLESS_ENV
 from anomalymap_helpers.pipeline.train import TrainConfig, check_resume
-from anomalymap_helpers.runs.paths import DEFAULT_RESULTS_DIR, RunFiles, project_root, resolve
 from anomalymap_helpers.tools.progress import NotebookEcho
 
 PATH_PARAMETERS = ("results_dir", "data_dir", "mnist_dir")

@@ -25,7 +25,7 @@ import numpy as np
 
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.pipeline.data import idx
-from anomalymap_helpers.runs.paths import DEFAULT_DATA_DIR, resolve
+from anomalymap_helpers.files.paths import DEFAULT_DATA_DIR, resolve
 
 DEFAULT_OUT = "data/example-folder"
 DEFECTS = ("scratch", "blob")

@@ -30,7 +30,7 @@ import torch
 
 from anomalymap_helpers.errors import DataError
 from anomalymap_helpers.pipeline.data.images import ImageData
-from anomalymap_helpers.runs.paths import resolve
+from anomalymap_helpers.files.paths import resolve
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NORMAL = "good"

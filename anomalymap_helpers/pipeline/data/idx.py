@@ -28,8 +28,8 @@ import torch
 
 from anomalymap_helpers.errors import DataError
 from anomalymap_helpers.pipeline.data.images import ImageData
-from anomalymap_helpers.runs import storage
-from anomalymap_helpers.runs.paths import DEFAULT_DATA_DIR, resolve
+from anomalymap_helpers.files import storage
+from anomalymap_helpers.files.paths import DEFAULT_DATA_DIR, resolve
 
 NUM_CLASSES = 10
 _REPO_DATA = Path(__file__).resolve().parents[3] / "data"

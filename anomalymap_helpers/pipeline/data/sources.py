@@ -7,7 +7,7 @@ import os
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.pipeline.data import folder, idx
 from anomalymap_helpers.pipeline.data.images import ImageData
-from anomalymap_helpers.runs.paths import DEFAULT_DATA_DIR
+from anomalymap_helpers.files.paths import DEFAULT_DATA_DIR
 
 DATASETS = ("mnist", "fashion-mnist", "folder")
 IDX_SIZE = 28

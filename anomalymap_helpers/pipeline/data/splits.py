@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from anomalymap_helpers.errors import DataError, ParameterError
-from anomalymap_helpers.runs import storage
-from anomalymap_helpers.runs.paths import DEFAULT_DATA_DIR, RunFiles, resolve
+from anomalymap_helpers.files import storage
+from anomalymap_helpers.files.paths import DEFAULT_DATA_DIR, RunFiles, resolve
 from anomalymap_helpers.pipeline.data import idx
 from anomalymap_helpers.pipeline.data.idx import NUM_CLASSES
 from anomalymap_helpers.pipeline.data.images import ImageData

@@ -1,8 +1,9 @@
 """Step 04, the interactive heatmap explorer, and step 05's latent map linked to it.
 
-``view`` holds the state (image, threshold, colour scale) and what follows from it,
-``render`` draws the view and writes it to files, ``widgets`` builds the ipywidgets,
-``linked`` puts the t-SNE map (plotly) beside the explorer, each following the other.
+``state`` holds the state (image, threshold, colour scale) and what follows from it,
+``render`` draws it and writes it to files, ``widgets`` builds the ipywidgets, ``view``'s
+:class:`Explorer` puts the three together, and ``linked`` puts the t-SNE map (plotly) beside
+the explorer, each following the other; each imports only those before it.
 Where no widget front end runs (papermill, nbval, GitHub) both show a PNG.
 """
 

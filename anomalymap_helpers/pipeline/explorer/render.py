@@ -1,6 +1,6 @@
 """Drawing the explorer's view and writing it to files; no widgets here.
 
-Each function takes an :class:`~anomalymap_helpers.pipeline.explorer.view.Explorer`
+Each function takes an :class:`~anomalymap_helpers.pipeline.explorer.state.ExplorerState`
 (the state: images, maps, scores, threshold, colour scale) and draws from it.
 """
 
@@ -15,14 +15,14 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from anomalymap_helpers.errors import ParameterError
+from anomalymap_helpers.files import storage
 from anomalymap_helpers.pipeline import plotting
-from anomalymap_helpers.runs import storage
 
 if TYPE_CHECKING:
-    from anomalymap_helpers.pipeline.explorer.view import Explorer
+    from anomalymap_helpers.pipeline.explorer.state import ExplorerState
 
 
-def figure(ex: Explorer, i: int, threshold: float | None = None, scale: str | None = None) -> Figure:
+def figure(ex: ExplorerState, i: int, threshold: float | None = None, scale: str | None = None) -> Figure:
     """The [input | reconstruction | anomaly map] view of image ``i`` with its verdict; where the
     score has a map of its own, that map beside it (after the normal it compares against, if any)."""
     scale = scale or ex.scale
@@ -65,7 +65,7 @@ def _nearest_title(name: str) -> str:
     return f"best match: {name}"
 
 
-def png(ex: Explorer, i: int, threshold: float | None = None, scale: str | None = None) -> bytes:
+def png(ex: ExplorerState, i: int, threshold: float | None = None, scale: str | None = None) -> bytes:
     """The view of :func:`figure` as PNG bytes.
 
     The explorer keeps one such figure and swaps its pictures, colour ranges and texts on each
@@ -76,7 +76,7 @@ def png(ex: Explorer, i: int, threshold: float | None = None, scale: str | None 
     return buf.getvalue()
 
 
-def view_figure(ex: Explorer, i: int, threshold: float | None = None, scale: str | None = None) -> Figure:
+def view_figure(ex: ExplorerState, i: int, threshold: float | None = None, scale: str | None = None) -> Figure:
     """The explorer's one view figure, showing image ``i`` (made by :func:`figure` the first time)."""
     fig = getattr(ex, "_view_figure", None)
     if fig is None:
@@ -86,7 +86,7 @@ def view_figure(ex: Explorer, i: int, threshold: float | None = None, scale: str
     return fig
 
 
-def _refill(fig: Figure, ex: Explorer, i: int, threshold: float | None, scale: str | None) -> None:
+def _refill(fig: Figure, ex: ExplorerState, i: int, threshold: float | None, scale: str | None) -> None:
     """Put image ``i``'s view into a figure that :func:`figure` made for another image of ``ex``."""
     scale = scale or ex.scale
     axes = [ax for ax in fig.axes if ax.images]
@@ -118,7 +118,7 @@ def _refill(fig: Figure, ex: Explorer, i: int, threshold: float | None, scale: s
     fig.suptitle(ex.caption(i, threshold), fontsize=9)
 
 
-def histogram(ex: Explorer, threshold: float | None = None) -> Figure:
+def histogram(ex: ExplorerState, threshold: float | None = None) -> Figure:
     """The test scores of normals and anomalies, each rule's threshold (dashed) and ``threshold``
     (default: the explorer's, at first notebook 03's)."""
     t = ex.threshold if threshold is None else threshold
@@ -140,14 +140,14 @@ def histogram(ex: Explorer, threshold: float | None = None) -> Figure:
     return fig
 
 
-def histogram_png(ex: Explorer, threshold: float | None = None) -> bytes:
+def histogram_png(ex: ExplorerState, threshold: float | None = None) -> bytes:
     """The view of :func:`histogram` as PNG bytes."""
     buf = io.BytesIO()
     histogram(ex, threshold).savefig(buf, format="png", dpi=90)
     return buf.getvalue()
 
 
-def thumbnails(ex: Explorer, positions: np.ndarray, zoom: int = 3) -> bytes:
+def thumbnails(ex: ExplorerState, positions: np.ndarray, zoom: int = 3) -> bytes:
     """A PNG strip of the given images, each framed red (anomaly) or blue (normal).
 
     Drawn with NumPy and Pillow, not matplotlib, so a gallery redraws in milliseconds.
@@ -169,7 +169,7 @@ def thumbnails(ex: Explorer, positions: np.ndarray, zoom: int = 3) -> bytes:
     return buf.getvalue()
 
 
-def save_samples(ex: Explorer, folder: str | Path, n: int = 8, *, seed: int = 0) -> list[Path]:
+def save_samples(ex: ExplorerState, folder: str | Path, n: int = 8, *, seed: int = 0) -> list[Path]:
     """Save ``n`` views as ``folder/sample_NN_<class>_called-<verdict>.png`` (atomically), e.g. ``digit9``.
 
     Samples an earlier run left in ``folder`` are removed once the new ones are written.

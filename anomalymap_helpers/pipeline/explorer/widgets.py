@@ -14,17 +14,10 @@ import numpy as np
 
 from anomalymap_helpers.pipeline import plotting
 from anomalymap_helpers.pipeline.explorer import render
+from anomalymap_helpers.pipeline.explorer.state import GALLERIES
 
 if TYPE_CHECKING:
-    from anomalymap_helpers.pipeline.explorer.view import Explorer
-
-SUBSETS = {"all": "all test images", "normal": "normal images", "anomaly": "anomalies"}
-GALLERIES = {
-    "top": "most anomalous",
-    "missed": "missed anomalies (most normal-looking)",
-    "false-alarm": "false alarms (most anomalous normals)",
-}
-
+    from anomalymap_helpers.pipeline.explorer.state import ExplorerState
 
 def threshold_slider(scores: np.ndarray, value: float) -> Any:
     """A log slider for positive scores (errors and distances are skewed), else a linear one.
@@ -66,7 +59,7 @@ class ExplorerWidgets:
         box: The whole explorer, ready to display.
     """
 
-    def __init__(self, ex: Explorer, gallery_size: int = 8) -> None:
+    def __init__(self, ex: ExplorerState, gallery_size: int = 8) -> None:
         import ipywidgets as w
 
         self.ex, self.gallery_size = ex, gallery_size

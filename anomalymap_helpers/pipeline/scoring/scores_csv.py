@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.runs import storage
+from anomalymap_helpers.files import storage
 
 
 def write_scores(
