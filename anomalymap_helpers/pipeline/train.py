@@ -69,7 +69,7 @@ def schedule_for(n_train: int, epochs: int = 0, batch_size: int = 0) -> tuple[in
     Values other than 0 are kept.
 
     On MNIST 2 epochs of 64 reach a lower validation MSE than the original 5 epochs of 256
-    in less than half the time (``python -m anomalymap_helpers schedule-curve``, chosen on
+    in less than half the time (``python benchmarks/schedule_curve.py``, chosen on
     the validation MSE and the time; docs/benchmarks.md).
     """
     if batch_size == 0:

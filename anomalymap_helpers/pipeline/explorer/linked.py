@@ -8,7 +8,7 @@ shows the triptychs of the selection, most anomalous first. Choosing an image in
 explorer (slider, gallery) marks it in the scatter. Headless (papermill, nbval, GitHub) the
 cell shows a PNG of the same scatter.
 
-Why plotly and not ipympl: ``python -m anomalymap_helpers explorer-latency --linked`` measures
+Why plotly and not ipympl: ``python benchmarks/explorer_latency.py --linked`` measures
 both (docs/benchmarks.md). ipympl draws every pan or zoom step in the kernel with Agg and sends
 a PNG; plotly redraws in the browser and costs the kernel nothing until a point is chosen. And
 ``%matplotlib widget`` would turn every other figure of the notebook into a widget too, where
