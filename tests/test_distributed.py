@@ -18,9 +18,8 @@ from safetensors.torch import load_file
 
 from anomalymap_helpers.errors import ParameterError, TrainingError
 from anomalymap_helpers.files import storage
-from anomalymap_helpers.pipeline import distributed
+from anomalymap_helpers.pipeline import checkpoint, distributed
 from anomalymap_helpers.pipeline.device import PRECISION_ENV
-from anomalymap_helpers.runs import checkpoint
 from anomalymap_helpers.tools.cli import main
 from anomalymap_helpers.tools.runner import run_series
 from anomalymap_helpers.tools.training import train_run

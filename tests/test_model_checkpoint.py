@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from anomalymap_helpers.errors import CheckpointError
+from anomalymap_helpers.pipeline import checkpoint
 from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig, ReferenceAutoencoder
-from anomalymap_helpers.runs import checkpoint
 
 # Runs again with the other CPU precision in `make test` (fp32 on a bf16 CPU, emulated bf16 elsewhere).
 pytestmark = pytest.mark.precision

@@ -259,9 +259,8 @@ def test_reference_latents_are_cached_per_model_and_made_again_after_retraining(
     import torch
 
     from anomalymap_helpers.files.paths import RunFiles
-    from anomalymap_helpers.pipeline import data, scoring
+    from anomalymap_helpers.pipeline import checkpoint, data, scoring
     from anomalymap_helpers.pipeline.model import ConvAutoencoder
-    from anomalymap_helpers.runs import checkpoint
     from anomalymap_helpers.runs.opened import Run
 
     files = RunFiles(tmp_path)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from anomalymap_helpers.files import storage
+from anomalymap_helpers.pipeline import checkpoint
 from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
-from anomalymap_helpers.runs import checkpoint
 
 
 def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
@@ -40,7 +40,7 @@ def test_csv_and_figure_round_trip(tmp_path: Path) -> None:
 _SAVER = textwrap.dedent(
     """
     import sys, torch
-    from anomalymap_helpers.runs import checkpoint
+    from anomalymap_helpers.pipeline import checkpoint
     from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
     torch.manual_seed(0)
     model = ConvAutoencoder(ModelConfig(latent_dim=512))

@@ -16,8 +16,7 @@ import torch
 
 from anomalymap_helpers.errors import ParameterError, TrainingError
 from anomalymap_helpers.files.paths import RunFiles
-from anomalymap_helpers.pipeline import train
-from anomalymap_helpers.runs import checkpoint
+from anomalymap_helpers.pipeline import checkpoint, train
 
 # Marked `precision`: run again with the other CPU precision in `make test` (fp32 on a bf16 CPU,
 # emulated bf16 elsewhere); the slow end-to-end ones run once.

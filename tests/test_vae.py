@@ -11,10 +11,9 @@ from torch.distributions import Normal, kl_divergence
 from anomalymap_helpers.errors import CheckpointError, ParameterError
 from anomalymap_helpers.files import storage
 from anomalymap_helpers.files.paths import RunFiles
-from anomalymap_helpers.pipeline import scoring, train
+from anomalymap_helpers.pipeline import checkpoint, scoring, train
 from anomalymap_helpers.pipeline.device import Precision, inference_precision
 from anomalymap_helpers.pipeline.model import VAE_ARCHITECTURE, ConvAutoencoder, ConvVAE, ModelConfig, build_model
-from anomalymap_helpers.runs import checkpoint
 
 from .conftest import run_series
 

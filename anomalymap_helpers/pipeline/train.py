@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from anomalymap_helpers.errors import ParameterError, TrainingError
 from anomalymap_helpers.files import storage
 from anomalymap_helpers.files.paths import RunFiles
-from anomalymap_helpers.pipeline import distributed
+from anomalymap_helpers.pipeline import checkpoint, distributed
 from anomalymap_helpers.pipeline.device import (
     Precision,
     precision_note,
@@ -41,7 +41,6 @@ from anomalymap_helpers.pipeline.model import (
     kl_divergence,
 )
 from anomalymap_helpers.pipeline.progress import Clock, headless, progress_bar
-from anomalymap_helpers.runs import checkpoint
 
 
 def check_positive(name: str, value: Any, kind: type = int) -> None:

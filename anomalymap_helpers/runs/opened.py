@@ -17,9 +17,8 @@ import torch
 from anomalymap_helpers.errors import DataError
 from anomalymap_helpers.files import storage
 from anomalymap_helpers.files.paths import DEFAULT_DATA_DIR, RunFiles
-from anomalymap_helpers.pipeline import data
+from anomalymap_helpers.pipeline import checkpoint, data
 from anomalymap_helpers.pipeline.device import resolve_device
-from anomalymap_helpers.runs import checkpoint
 
 if TYPE_CHECKING:
     from anomalymap_helpers.pipeline import scoring

@@ -88,7 +88,7 @@ def check_parameters(params: dict[str, Any], notebooks: list[Path]) -> dict[str,
     values = parameters.validate(params, [p.name for p in parameters.PARAMETERS if numbers & set(p.notebooks)])
     files = RunFiles.at(values["results_dir"])
     if values.get("resume") and files.training_state.exists():
-        from anomalymap_helpers.runs import checkpoint
+        from anomalymap_helpers.pipeline import checkpoint
 
         # epochs=0 and batch_size=0 ("by data set") are resolved by notebook 02 on the split;
         # here they stand for the checkpoint's own values, so only a real difference is refused.

@@ -16,8 +16,8 @@ from typing import Any
 from anomalymap_helpers import parameters
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.files.paths import DEFAULT_RESULTS_DIR, RunFiles, resolve
-from anomalymap_helpers.pipeline import distributed, train
-from anomalymap_helpers.runs import checkpoint, report
+from anomalymap_helpers.pipeline import checkpoint, distributed, train
+from anomalymap_helpers.runs import report
 
 # Notebook 02's parameters the command takes; nproc is torchrun's --nproc-per-node.
 NAMES = tuple(p.name for p in parameters.for_notebook("02") if p.name != "nproc")
