@@ -39,6 +39,13 @@ def _positive(name: str, value: float) -> None:
         raise ParameterError(f"{name}={value!r}: use a number above 0")
 
 
+def _augment(name: str, value: str) -> None:
+    from anomalymap_helpers.pipeline import augment
+
+    if value not in ("auto", "none"):
+        augment.check(value)
+
+
 def _one_of(choices: Callable[[], Iterable[str]]) -> Callable[[str, Any], None]:
     def check(name: str, value: Any) -> None:
         allowed = list(choices())
@@ -257,6 +264,14 @@ PARAMETERS: tuple[Parameter, ...] = (
         ("02",), "1 to the CPU cores (CPU) or GPUs (CUDA) this machine has", _positive_int,
     ),
     Parameter(
+        "patience", int, 10, "stop once the validation loss has not fallen for this many epochs (0: never); the best epoch's weights are kept",
+        ("02",), "0 or more", lambda n, v: _positive_int(n, v, 0),
+    ),
+    Parameter(
+        "augment", str, "auto", "training augmentations: auto (flip, rot90, shift, brightness for folders; none for MNIST/Fashion), none, or a list",
+        ("02",), "`auto`, `none`, or some of `flip,rot90,shift,brightness`", _augment,
+    ),
+    Parameter(
         "resume", bool, False, "continue from the last completed epoch's checkpoint",
         ("02",), "`True` or `False`; the other training settings must match the checkpoint's",
     ),
@@ -356,6 +371,10 @@ def _config_checks(values: Mapping[str, Any], given: Iterable[str]) -> None:
 
         check_nproc(values["nproc"], values.get("device", "auto"))
     values = {**values, "epochs": values.get("epochs") or 5, "batch_size": values.get("batch_size") or 256}
+    if "augment" in values:  # "auto" and "none" resolve by data set in notebook 02
+        from anomalymap_helpers.pipeline.augment import for_dataset
+
+        values = {**values, "augment": for_dataset(values["augment"], dataset)}
     for config in (SplitConfig, TrainConfig):
         names = [f.name for f in fields(config)]
         if set(names) & set(given) - {"seed"}:

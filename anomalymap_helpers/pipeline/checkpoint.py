@@ -170,10 +170,14 @@ def save_training_state(
     epoch: int,
     history: list[dict[str, float]],
     train_config: dict[str, Any],
+    best: ConvAutoencoder | None = None,
 ) -> Path:
-    """Atomically save what :func:`load_training_state` needs to resume after ``epoch``."""
+    """Atomically save what :func:`load_training_state` needs to resume after ``epoch``: the last
+    epoch's weights and optimizer, and ``best``'s weights (the lowest validation loss so far)."""
     state = optimizer.state_dict()
     tensors = _tensors(model, "model.")
+    if best is not None:
+        tensors.update(_tensors(best, "best."))
     for index, param_state in state["state"].items():
         for key, value in param_state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
@@ -188,9 +192,13 @@ def save_training_state(
 
 
 def load_training_state(
-    path: str | os.PathLike[str], model: ConvAutoencoder, optimizer: torch.optim.Optimizer
+    path: str | os.PathLike[str],
+    model: ConvAutoencoder,
+    optimizer: torch.optim.Optimizer,
+    best: ConvAutoencoder | None = None,
 ) -> tuple[int, list[dict[str, float]], dict[str, Any]]:
-    """Load a training state into ``model`` and ``optimizer``.
+    """Load a training state into ``model`` and ``optimizer``, and its best weights into ``best``
+    (the last epoch's where a state from before early stopping holds none).
 
     Returns:
         ``(epoch completed, history, train_config)``.
@@ -204,6 +212,9 @@ def load_training_state(
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     loaded = _build(model.config, model_state, p)
     model.load_state_dict(loaded.state_dict())
+    if best is not None:
+        best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or model_state
+        best.load_state_dict(_build(model.config, best_state, p).state_dict())
     optim_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):

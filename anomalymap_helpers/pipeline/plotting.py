@@ -87,13 +87,33 @@ def image_grid(
     return fig
 
 
-def loss_curves(history: Sequence[dict[str, float]]) -> Figure:
-    """Training and validation loss per epoch."""
+def augmented_grid(images: Any, augmented: Any, names: Sequence[str]) -> Figure:
+    """Two rows: training images ``(N, C, H, W)`` above, the same augmented below."""
+    a, b = displayable(images), displayable(augmented)
+    fig = NotebookFigure(figsize=(len(a) * 0.9, 2.2), layout="constrained")
+    grid = fig.subplots(2, len(a), squeeze=False)
+    for row, imgs in enumerate((a, b)):
+        for col, ax in enumerate(grid[row]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            show_image(ax, imgs[col])
+    grid[0, 0].set_ylabel("training", fontsize=8)
+    grid[1, 0].set_ylabel("augmented", fontsize=8)
+    fig.suptitle(f"augmentations: {', '.join(names)}", fontsize=9)
+    return fig
+
+
+def loss_curves(history: Sequence[dict[str, float]], best_epoch: int | None = None) -> Figure:
+    """Training and validation loss per epoch; ``best_epoch`` (the weights kept) marked."""
     fig = NotebookFigure(figsize=(6, 3.5))
     ax = fig.add_subplot()
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="training")
     ax.plot(epochs, [h["val_loss"] for h in history], "s--", label="validation")
+    if best_epoch:
+        best = next(h for h in history if h["epoch"] == best_epoch)
+        ax.axvline(best_epoch, color="0.5", lw=1, ls=":")
+        ax.plot([best_epoch], [best["val_loss"]], "*", ms=12, color="C1", label=f"best epoch {best_epoch} (kept)")
     ax.set(xlabel="epoch", ylabel="mean squared error", title="Reconstruction loss")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend()

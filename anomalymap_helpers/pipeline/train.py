@@ -8,6 +8,7 @@ so an interrupted run keeps its last completed epoch and can resume from it.
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import sys
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from anomalymap_helpers.errors import ParameterError, TrainingError
 from anomalymap_helpers.files import storage
 from anomalymap_helpers.files.paths import RunFiles
-from anomalymap_helpers.pipeline import checkpoint, distributed
+from anomalymap_helpers.pipeline import augment, checkpoint, distributed
 from anomalymap_helpers.pipeline.device import (
     Precision,
     precision_note,
@@ -96,6 +97,11 @@ class TrainConfig:
         model: ``"ae"`` (:class:`~anomalymap_helpers.pipeline.model.ConvAutoencoder`) or
             ``"vae"`` (:class:`~anomalymap_helpers.pipeline.model.ConvVAE`).
         beta: The VAE's weight of the KL term (see :func:`training_step`); unused by ``"ae"``.
+        patience: Stop once the validation loss has not improved for this many epochs (0: run
+            all ``epochs``). Either way the weights of the epoch with the lowest validation
+            loss are the ones returned and saved as the model.
+        augment: The augmentations applied to each training batch (see
+            :mod:`~anomalymap_helpers.pipeline.augment`); () for none.
     """
 
     epochs: int = 5
@@ -108,6 +114,8 @@ class TrainConfig:
     lr_schedule: str = "constant"
     model: str = "ae"
     beta: float = 1.0
+    patience: int = 0
+    augment: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_positive("epochs", self.epochs)
@@ -122,6 +130,9 @@ class TrainConfig:
         check_positive("beta", self.beta, float)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ParameterError(f"lr_schedule={self.lr_schedule!r}: use one of {list(LR_SCHEDULES)}")
+        if not isinstance(self.patience, int) or isinstance(self.patience, bool) or self.patience < 0:
+            raise ParameterError(f"patience={self.patience!r}: use a whole number of 0 (no early stop) or more")
+        object.__setattr__(self, "augment", augment.check(self.augment))
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -147,12 +158,88 @@ class TrainResult:
         history: One dict per epoch: ``epoch, train_loss, val_loss, seconds, images_per_s``.
         device: The device trained on.
         precision: The precision trained with.
+        best_epoch: The epoch of the lowest validation loss, whose weights ``model`` holds.
+        stopped: Why training ended: ``"epochs"`` (all of them ran) or ``"patience"`` (the
+            validation loss had not improved for ``patience`` epochs).
     """
 
     model: ConvAutoencoder
     history: list[dict[str, float]] = field(default_factory=list)
     device: torch.device = torch.device("cpu")
     precision: Precision = Precision("fp32", "cpu")
+    best_epoch: int = 0
+    stopped: str = "epochs"
+
+
+def best_epoch(history: list[dict[str, float]]) -> int:
+    """The (first) epoch of the lowest validation loss in ``history``; 0 for none."""
+    return min(history, key=lambda h: (h["val_loss"], h["epoch"]))["epoch"] if history else 0
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """What notebook 02's check says of a training history (:func:`diagnose`).
+
+    Attributes:
+        ok: Whether the model beats the mean image on the validation normals at its best epoch.
+        case: ``"learned"``, ``"memorised"`` (the validation loss rose after its lowest while the
+            training loss fell), ``"still learning"`` (both still falling at the last epoch) or
+            ``"not learning"`` (neither: no better than the mean image, nothing to wait for).
+        message: What to tell the user, with what helps.
+    """
+
+    ok: bool
+    case: str
+    message: str
+
+
+RISE = 0.02  # a validation loss this much above its lowest counts as rising
+
+
+def diagnose(history: list[dict[str, float]], baseline: float, n_train: int | None = None) -> Diagnosis:
+    """Compare the best epoch's validation loss with ``baseline`` (the mean image's MSE on the
+    validation normals) and say why training ended where it did."""
+    if not history:
+        return Diagnosis(False, "not learning", "no epoch was trained: give epochs >= 1")
+    b = best_epoch(history)
+    best, last = history[b - 1], history[-1]
+    ok = best["val_loss"] < baseline
+    head = (f"validation MSE at the best epoch ({b} of {last['epoch']}): autoencoder {best['val_loss']:.5f} "
+            f"vs mean image {baseline:.5f}")
+    images = f"its {n_train:,} training images" if n_train else "its training images"
+    if b < last["epoch"] and last["val_loss"] > best["val_loss"] * (1 + RISE) and last["train_loss"] < best["train_loss"]:
+        case = "memorised"
+        why = (f"the model memorised {images}: the validation loss was lowest at epoch {b} and rose to "
+               f"{last['val_loss']:.5f} by epoch {last['epoch']} while the training loss fell from "
+               f"{best['train_loss']:.5f} to {last['train_loss']:.5f}, so training longer makes it worse; the weights "
+               "of epoch {b} are kept. What helps: more normal images, augmentation (augment='auto' on folders), "
+               "a smaller latent_dim").replace("{b}", str(b))
+    elif len(history) == 1:
+        case = "still learning"
+        why = "one epoch is too few to tell whether it is still learning: train longer (a larger epochs)"
+    elif b == last["epoch"] and last["train_loss"] < history[-2]["train_loss"]:
+        case = "still learning"
+        why = (f"both losses were still falling at the last epoch ({last['epoch']}): the model has not finished "
+               "learning; train longer (a larger epochs)")
+    elif ok:
+        case, why = "learned", "it beats the mean image"
+    else:
+        case = "not learning"
+        why = ("neither loss is falling, and the model does no better than the mean image: try another lr "
+               "(lower if the loss jumps, higher if it creeps), or check that the training images are normal ones")
+    if ok and case == "learned":
+        return Diagnosis(True, case, f"{head}: {why}")
+    prefix = "" if ok else "The autoencoder does no better than the mean image. "
+    return Diagnosis(ok, case, f"{head}. {prefix}{why[0].upper()}{why[1:]}")
+
+
+def stop_reason(history: list[dict[str, float]], epochs: int, patience: int) -> str | None:
+    """``"patience"`` once ``patience`` epochs have passed without a lower validation loss,
+    ``"epochs"`` once all ``epochs`` ran, else None (go on)."""
+    done = history[-1]["epoch"] if history else 0
+    if patience and history and done - best_epoch(history) >= patience:
+        return "patience"
+    return "epochs" if done >= epochs else None
 
 
 class _Interrupts:
@@ -279,7 +366,7 @@ def mean_loss(model: ConvAutoencoder, images: torch.Tensor, precision: Precision
 
 
 # Settings that must match a checkpoint to resume from it (epochs may grow; the device may change).
-RESUME_KEYS = ("batch_size", "lr", "latent_dim", "seed", "amp", "lr_schedule", "model", "beta")
+RESUME_KEYS = ("batch_size", "lr", "latent_dim", "seed", "amp", "lr_schedule", "model", "beta", "augment")
 
 
 def fingerprint(images: torch.Tensor) -> str:
@@ -311,7 +398,8 @@ def check_resume(files: RunFiles, config: TrainConfig, data_sha256: str | None =
     meta = checkpoint.read_metadata(files.training_state, "training state")
     saved, done = meta.get("train_config", {}), int(meta.get("epoch", 0))
     asked = asdict(config)
-    old = {"lr_schedule": "constant", "model": "ae", "beta": 1.0}  # checkpoints from before these settings
+    old = {"lr_schedule": "constant", "model": "ae", "beta": 1.0, "augment": []}  # checkpoints from before these settings
+    asked["augment"] = list(config.augment)  # as JSON keeps it
     problems = [
         f"{k}: checkpoint {saved.get(k, old.get(k))!r}, now {asked[k]!r}"
         for k in RESUME_KEYS
@@ -395,11 +483,12 @@ def train(
         torch.backends.cudnn.benchmark = True
 
     start, history = 0, []
+    best = copy.deepcopy(model)  # the weights of the lowest validation loss so far
     data_sha256 = fingerprint(train_images)
     if resume and files is not None and check_resume(files, config, data_sha256):
-        start, history, _ = checkpoint.load_training_state(files.training_state, model, optimizer)
+        start, history, _ = checkpoint.load_training_state(files.training_state, model, optimizer, best)
         if w.main:
-            print(f"resuming after epoch {start} from {files.training_state}")
+            print(f"resuming after epoch {start} from {files.training_state} (best so far: epoch {best_epoch(history)})")
     x_train, x_val = to_device(train_images, device), to_device(val_images, device)
     n, bs = len(x_train), config.batch_size
     steps = math.ceil(n / bs)
@@ -409,7 +498,10 @@ def train(
         backend = "nccl" if device.type == "cuda" else "gloo"
         where = f"{w.size} processes ({backend}, DistributedDataParallel, {math.ceil(min(bs, n) / w.size)} images each per step) on {device.type}"
     if w.main:
-        print(f"training on {where} in {precision.name}{why}, channels_last, {n:,} images, batch {bs}, {config.epochs} epochs")
+        stop = f", stopping after {config.patience} without a better validation loss" if config.patience else ""
+        aug = f", augmented ({', '.join(config.augment)})" if config.augment else ""
+        print(f"training on {where} in {precision.name}{why}, channels_last, {n:,} images{aug}, batch {bs}, "
+              f"at most {config.epochs} epochs{stop}")
     writes = files is not None and w.main  # only rank 0 writes the run's files
     progress = progress and w.main
 
@@ -418,16 +510,18 @@ def train(
     epoch_bar.update(start)
     saved = start  # epochs whose checkpoint is on disk
     clock = Clock(n * (config.epochs - start), every=15.0 if progress and plain else math.inf)
+    stopped = stop_reason(history, config.epochs, config.patience)
     try:
         interrupts = _Interrupts()
         with interrupts.installed():
-            for epoch in range(start, config.epochs):
+            for epoch in range(start, config.epochs if stopped is None else start):
                 t0 = time.perf_counter()
                 model.train()
                 gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
                 perm = torch.randperm(n, generator=gen).to(device)
                 # The VAE's draws, from their own seeded stream: resuming after an epoch repeats them.
                 noise_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch + 500_009)
+                augment_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch + 700_001)
                 total = 0.0
                 step_bar = progress_bar(steps, f"epoch {epoch + 1}", leave=False, disable=not progress or plain)
                 for step in range(steps):
@@ -437,6 +531,9 @@ def train(
                     chosen = perm[step * bs : (step + 1) * bs]
                     share = chosen[w.rank :: w.size]  # this process's share of the global batch
                     batch = x_train[share if len(share) else chosen[:1]]
+                    if config.augment:  # drawn for the global batch, as the VAE's noise
+                        draws = augment.draw(config.augment, len(chosen), batch.shape[-1], augment_gen)
+                        batch = augment.apply(batch, draws[w.rank :: w.size] if len(share) else draws[:1])
                     noise = None
                     if config.model == "vae":  # drawn for the global batch, so any nproc draws the same
                         draws = torch.randn(len(chosen), config.latent_dim, generator=noise_gen)
@@ -475,11 +572,14 @@ def train(
                 history.append(record)
                 if w.size > 1:
                     record["processes"] = w.size
+                if best_epoch(history) == epoch + 1:
+                    best.load_state_dict(model.state_dict())
+                stopped = stop_reason(history, config.epochs, config.patience)
                 if writes:
                     assert files is not None
                     extra = {"train_images_sha256": data_sha256, "resumed_after_epoch": start or None}
                     with interrupts.held():
-                        save_checkpoint(files, model, optimizer, history, config, precision, device, extra)
+                        save_checkpoint(files, model, optimizer, history, config, precision, device, extra, best, stopped)
                         saved = epoch + 1
                 epoch_bar.set_postfix(train=f"{record['train_loss']:.5f}", val=f"{val_loss:.5f}")
                 epoch_bar.update()
@@ -493,6 +593,12 @@ def train(
                 clock.last = time.perf_counter()  # the next progress line comes a full interval after this one
                 if on_epoch is not None:
                     on_epoch(record)
+                if stopped == "patience":
+                    if w.main:
+                        b = best_epoch(history)
+                        print(f"stopped early after epoch {epoch + 1}: no lower validation loss in {config.patience} "
+                              f"epochs since epoch {b} ({history[b - 1]['val_loss']:.5f})")
+                    break
     except KeyboardInterrupt:
         # Counted from what is saved, not from the loop variable: a signal can land after an
         # epoch's checkpoint is written and before the next epoch begins.
@@ -506,8 +612,14 @@ def train(
         raise
     finally:
         epoch_bar.close()
+    b = best_epoch(history)
+    if history and b != history[-1]["epoch"]:
+        model.load_state_dict(best.state_dict())  # the lowest validation loss, not the last epoch
+        if w.main:
+            print(f"kept the weights of epoch {b} (validation loss {history[b - 1]['val_loss']:.5f}, the lowest; "
+                  f"the last epoch's was {history[-1]['val_loss']:.5f})")
     model.eval()
-    return TrainResult(model, history, device, precision)
+    return TrainResult(model, history, device, precision, b, stopped or "epochs")
 
 
 def save_checkpoint(
@@ -519,17 +631,23 @@ def save_checkpoint(
     precision: Precision,
     device: torch.device,
     extra: dict[str, Any] | None = None,
+    best: ConvAutoencoder | None = None,
+    stopped: str | None = None,
 ) -> None:
     """Write the training state, the model, its JSON config and the loss history (each atomically).
 
-    ``extra`` (e.g. the training images' fingerprint) is recorded beside the config.
+    The training state holds the last epoch's weights (to resume) and ``best``'s; the model file
+    holds ``best``'s, the weights of the lowest validation loss (the last epoch's where ``best``
+    is None). ``extra`` (e.g. the training images' fingerprint) is recorded beside the config.
     """
-    epoch = history[-1]["epoch"]
+    epoch, b = history[-1]["epoch"], best_epoch(history)
+    best = model if best is None else best
     cfg = {**asdict(config), **{k: v for k, v in (extra or {}).items() if v is not None}}
+    cfg["augment"] = list(config.augment)
     checkpoint.save_training_state(
-        files.training_state, model, optimizer, epoch=epoch, history=history, train_config=cfg
+        files.training_state, model, optimizer, epoch=epoch, history=history, train_config=cfg, best=best
     )
-    checkpoint.save_model(files.model, model, epoch=epoch)
+    checkpoint.save_model(files.model, best, epoch=b)
     storage.write_json(
         files.model_config,
         {
@@ -540,7 +658,11 @@ def save_checkpoint(
             "epochs_completed": epoch,
             "final_train_loss": history[-1]["train_loss"],
             "final_val_loss": history[-1]["val_loss"],
+            "best_epoch": b,
+            "best_val_loss": history[b - 1]["val_loss"],
+            "stopped": {None: "interrupted or still training", "epochs": f"all {config.epochs} epochs ran",
+                        "patience": f"no lower validation loss in {config.patience} epochs after epoch {b}"}[stopped],
         },
     )
     keys = ["epoch", "train_loss", "val_loss", "seconds", "images_per_s"]
-    storage.write_csv(files.history, keys, ([h[k] for k in keys] for h in history))
+    storage.write_csv(files.history, [*keys, "best"], ([*(h[k] for k in keys), int(h["epoch"] == b)] for h in history))

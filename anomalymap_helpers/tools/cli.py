@@ -56,9 +56,17 @@ def _params(args: argparse.Namespace) -> int:
 
 
 def _example_folder(args: argparse.Namespace) -> int:
+    if args.kind == "textures":
+        from anomalymap_helpers.pipeline.data.textures import DEFAULT_OUT, MATERIALS, make_texture_folders
+
+        out = make_texture_folders(args.out or DEFAULT_OUT, size=args.size, seed=args.seed)
+        print(f"wrote {len(MATERIALS)} texture category folders to {out} ({', '.join(MATERIALS)}); try one with:")
+        print(f"  python -m anomalymap_helpers run -p dataset folder -p image_dir {out}/wood -p image_size {args.size}")
+        return 0
+    from anomalymap_helpers.pipeline.data.example import DEFAULT_OUT as WASHERS
     from anomalymap_helpers.pipeline.data.example import make_example_folder
 
-    out = make_example_folder(args.out, size=args.size, seed=args.seed, mnist_dir=args.mnist_dir)
+    out = make_example_folder(args.out or WASHERS, size=args.size, seed=args.seed, mnist_dir=args.mnist_dir)
     print(f"wrote an example category folder to {out}; try it with:")
     print(f"  python -m anomalymap_helpers run -p dataset folder -p image_dir {out} -p image_size {args.size}")
     return 0
@@ -127,9 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     params = sub.add_parser("params", help="print every notebook parameter as a markdown table")
     params.set_defaults(func=_params)
     example = sub.add_parser(
-        "example-folder", help="make a small folder data set (MVTec AD layout, defect masks) from MNIST"
+        "example-folder", help="make example folder data sets (MVTec AD layout, defect masks): washers or textures"
     )
-    example.add_argument("--out", default="data/example-folder", metavar="DIR", help="a new folder")
+    example.add_argument("--kind", choices=["washers", "textures"], default="washers",
+                         help="washers: MNIST zeros with drawn marks (easy); textures: wood, fabric and brushed metal "
+                              "with scratches, cracks, stains, cut-ins, holes and discolouration (hard)")
+    example.add_argument("--out", default=None, metavar="DIR",
+                         help="a new folder (default data/example-folder, or data/example-textures)")
     example.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     example.add_argument("--seed", type=int, default=0)
     example.add_argument("--mnist-dir", default=None, help="local MNIST folder (default: the copy in data/mnist/)")

@@ -9,6 +9,7 @@ processes train one model together (see :mod:`anomalymap_helpers.pipeline.distri
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -36,12 +37,15 @@ def check_params(params: Mapping[str, Any], results_dir: str | None = None) -> d
     return parameters.validate(params, NAMES)
 
 
-def config_for(values: Mapping[str, Any], n_train: int) -> train.TrainConfig:
+def config_for(values: Mapping[str, Any], n_train: int, dataset: str = "mnist") -> train.TrainConfig:
     """The :class:`~anomalymap_helpers.pipeline.train.TrainConfig` notebook 02 builds from its parameters."""
+    from anomalymap_helpers.pipeline import augment
+
     epochs, batch_size = train.schedule_for(n_train, values["epochs"], values["batch_size"])
     return train.TrainConfig(
         epochs, batch_size, values["lr"], values["latent_dim"], values["seed"], values["device"], values["amp"],
-        model=values["model"], beta=values["beta"],
+        model=values["model"], beta=values["beta"], patience=values["patience"],
+        augment=augment.for_dataset(values["augment"], dataset),
     )
 
 
@@ -58,8 +62,8 @@ def train_run(params: Mapping[str, Any], results_dir: str | None = None) -> trai
     with distributed.process_group(values["device"]) as (world, _):
         try:
             files = RunFiles.at(values["results_dir"])
-            splits, _ = data.load_splits(files, data_dir=values["data_dir"], mnist_dir=values["mnist_dir"])
-            config = config_for(values, len(splits["train"]))
+            splits, manifest = data.load_splits(files, data_dir=values["data_dir"], mnist_dir=values["mnist_dir"])
+            config = config_for(values, len(splits["train"]), manifest.get("dataset", "mnist"))
             if config.batch_size < world.size:
                 raise ParameterError(
                     f"batch_size={config.batch_size} is smaller than the {world.size} processes: "
@@ -98,5 +102,7 @@ def train_in_processes(values: Mapping[str, Any], nproc: int) -> train.TrainResu
     distributed.launch(files.root, mine, nproc, env={HEADLESS_ENV: "1"})
     device = resolve_device(values["device"])
     history = checkpoint.read_metadata(files.training_state, "training state")["history"]
-    model = checkpoint.load_model(files.model, device=device)
-    return train.TrainResult(model, history, device, resolve_precision(device, values["amp"], warn=False))
+    model = checkpoint.load_model(files.model, device=device)  # the best epoch's weights
+    stopped = train.stop_reason(history, math.inf, values["patience"]) or "epochs"
+    return train.TrainResult(model, history, device, resolve_precision(device, values["amp"], warn=False),
+                             train.best_epoch(history), stopped)
