@@ -42,7 +42,7 @@ def _positive(name: str, value: float) -> None:
 def _augment(name: str, value: str) -> None:
     from anomalymap_helpers.pipeline import augment
 
-    if value not in ("auto", "none"):
+    if value not in ("auto", "off", "none"):
         augment.check(value)
 
 
@@ -268,8 +268,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         ("02",), "0 or more", lambda n, v: _positive_int(n, v, 0),
     ),
     Parameter(
-        "augment", str, "auto", "training augmentations: auto (flip, rot90, shift, brightness for folders; none for MNIST/Fashion), none, or a list",
-        ("02",), "`auto`, `none`, or some of `flip,rot90,shift,brightness`", _augment,
+        "augment", str, "off", "training augmentations: off; auto (flip, rot90, shift, brightness for folders, none for MNIST/Fashion); or a list",
+        ("02",), "`off`, `auto`, or some of `flip,rot90,shift,brightness`", _augment,
     ),
     Parameter(
         "resume", bool, False, "continue from the last completed epoch's checkpoint",
@@ -371,7 +371,7 @@ def _config_checks(values: Mapping[str, Any], given: Iterable[str]) -> None:
 
         check_nproc(values["nproc"], values.get("device", "auto"))
     values = {**values, "epochs": values.get("epochs") or 5, "batch_size": values.get("batch_size") or 256}
-    if "augment" in values:  # "auto" and "none" resolve by data set in notebook 02
+    if "augment" in values:  # "auto" resolves by data set in notebook 02
         from anomalymap_helpers.pipeline.augment import for_dataset
 
         values = {**values, "augment": for_dataset(values["augment"], dataset)}

@@ -43,6 +43,8 @@ def one_run(checkout: Path, image_dir: Path, seed: int, image_size: int, out: Pa
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
             return {"failed": " | ".join(tail), "seconds": time.perf_counter() - t0}
+    if not metrics.exists():
+        return {"failed": f"no metrics.json in {out}", "seconds": 0.0}
     m = json.loads(metrics.read_text())
     model = json.loads((out / "model.json").read_text())
     with open(out / "training_history.csv", newline="") as fh:
@@ -61,7 +63,7 @@ def summary(values: list[float]) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # the series of another checkout runs in that folder
     out.mkdir(parents=True, exist_ok=True)
     checkouts = dict(c.split("=", 1) for c in args.checkout or ["now=."])
     rows = []

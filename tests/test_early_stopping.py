@@ -136,7 +136,7 @@ def test_augmentations_are_seeded_and_do_what_they_say() -> None:
 def test_the_augmentation_rule_and_refusals(few) -> None:
     assert augment.for_dataset("auto", "folder") == augment.AUGMENTATIONS
     assert augment.for_dataset("auto", "mnist") == () == augment.for_dataset("auto", "fashion-mnist")
-    assert augment.for_dataset("none", "folder") == ()
+    assert augment.for_dataset("off", "folder") == ()
     assert augment.for_dataset("shift, flip", "mnist") == ("flip", "shift")
     with pytest.raises(ParameterError, match=r"\['mirror'\] are not known; use any of \['flip', 'rot90', 'shift', 'brightness'\]"):
         augment.for_dataset("flip,mirror", "folder")

@@ -31,16 +31,16 @@ def check(names: Sequence[str]) -> tuple[str, ...]:
         names = [n for n in names.replace(" ", "").split(",") if n]
     unknown = [n for n in names if n not in AUGMENTATIONS]
     if unknown:
-        raise ParameterError(f"augment: {unknown} are not known; use any of {list(AUGMENTATIONS)}, 'auto' or 'none'")
+        raise ParameterError(f"augment: {unknown} are not known; use any of {list(AUGMENTATIONS)}, 'auto' or 'off'")
     return tuple(n for n in AUGMENTATIONS if n in names)
 
 
 def for_dataset(augment: str, dataset: str) -> tuple[str, ...]:
     """The augmentations of the ``augment`` parameter: ``"auto"`` is all four for folders and none
-    for MNIST and Fashion-MNIST, ``"none"`` none, else a comma-separated list (``"flip,shift"``)."""
+    for MNIST and Fashion-MNIST, ``"off"`` none, else a comma-separated list (``"flip,shift"``)."""
     if augment == "auto":
         return AUGMENTATIONS if dataset == "folder" else ()
-    return () if augment == "none" else check(augment)
+    return () if augment in ("off", "none") else check(augment)
 
 
 def draw(names: Sequence[str], n: int, size: int, generator: torch.Generator) -> torch.Tensor:

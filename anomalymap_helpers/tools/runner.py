@@ -94,6 +94,10 @@ def check_parameters(params: dict[str, Any], notebooks: list[Path]) -> dict[str,
         # here they stand for the checkpoint's own values, so only a real difference is refused.
         saved = checkpoint.read_metadata(files.training_state, "training state").get("train_config", {})
         given = {k: values[k] for k in TrainConfig.__dataclass_fields__ if k in values}
+        if "augment" in given:  # "auto" and "none" by data set, as notebook 02 resolves them
+            from anomalymap_helpers.pipeline.augment import for_dataset
+
+            given["augment"] = for_dataset(given["augment"], values.get("dataset", "mnist"))
         for key in ("epochs", "batch_size"):
             if given.get(key) == 0:
                 given[key] = saved.get(key) or 1
