@@ -59,6 +59,33 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def new_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success rename it to ``path``, which must not
+    exist or be empty. If the block raises, the temporary folder goes and ``path`` stays as it was.
+
+    Raises:
+        ParameterError: ``path`` exists and is not an empty folder (before any work).
+    """
+    import shutil
+
+    from anomalymap_helpers.errors import ParameterError
+
+    dest = Path(path)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ParameterError(f"{dest} already exists: choose another --out, or delete it first")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        yield build
+        if dest.exists():
+            dest.rmdir()
+        build.rename(dest)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+
+
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Atomically write ``data`` to ``path``."""
     with atomic_path(path) as tmp:

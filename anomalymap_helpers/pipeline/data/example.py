@@ -17,13 +17,12 @@ the project ships.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from anomalymap_helpers.errors import ParameterError
+from anomalymap_helpers.files import storage
 from anomalymap_helpers.pipeline.data import idx
 from anomalymap_helpers.files.paths import DEFAULT_DATA_DIR, resolve
 
@@ -100,9 +99,7 @@ def make_example_folder(
     test_zeros = np.flatnonzero(mnist.test_labels.numpy() == 0)
     train_pick = rng.choice(train_zeros, n_train, replace=False)
     test_pick = rng.choice(test_zeros, n_test_good + n_defect * len(DEFECTS), replace=False)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with storage.new_folder(target) as build:
         for k, i in enumerate(train_pick):
             image = _part(mnist.train_images[i, 0].numpy(), size)
             _save(image, build / "train" / "good" / f"{k:03d}.{'jpg' if k % 10 == 9 else 'png'}")
@@ -115,12 +112,6 @@ def make_example_folder(
                 mask = _defect(image, kind, rng)
                 _save(image, build / "test" / kind / f"{k:03d}.png")
                 _save(mask, build / "ground_truth" / kind / f"{k:03d}_mask.png")
-        if target.exists():
-            target.rmdir()
-        build.rename(target)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
     return target
 
 

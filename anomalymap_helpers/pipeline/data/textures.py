@@ -23,14 +23,13 @@ the dark backing showing through) and ``colour`` (a discoloured region).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from anomalymap_helpers.errors import ParameterError
+from anomalymap_helpers.files import storage
 from anomalymap_helpers.files.paths import resolve
 
 MATERIALS = ("wood", "fabric", "metal")
@@ -178,14 +177,12 @@ def make_texture_folders(
     unknown = [m for m in materials if m not in MATERIALS]
     if unknown:
         raise ParameterError(f"materials {unknown} are not known: use some of {list(MATERIALS)}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
 
     def save(a: np.ndarray, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.round(a).astype(np.uint8)).save(path)
 
-    try:
+    with storage.new_folder(target) as build:
         for j, mat in enumerate(materials):
             rng = np.random.default_rng([seed, j])
             root = build / mat
@@ -198,10 +195,4 @@ def make_texture_folders(
                     image, mask = defect(material(mat, size, rng), kind, mat, rng)
                     save(image, root / "test" / kind / f"{k:03d}.png")
                     save(mask * 255.0, root / "ground_truth" / kind / f"{k:03d}_mask.png")
-        if target.exists():
-            target.rmdir()
-        build.rename(target)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
     return target
