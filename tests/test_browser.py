@@ -95,7 +95,13 @@ def test_explorer_renders_and_responds_in_jupyterlab(lab: tuple[str, Path], tmp_
 
             # The image slider changes the image and its score.
             src, text = view.get_attribute("src"), status.inner_text()
-            _set_readout(page, "image", "7")
+            # An image of middling score, so the slider can reach below and above it (its range is
+            # the scores' own: at the lowest-scored image "below" would clamp to the score itself).
+            from anomalymap_helpers.pipeline.scoring import read_scores
+
+            test_scores = read_scores(run_dir / "reconstruction_errors.csv", "test")[1]
+            middle = int(test_scores.argsort()[len(test_scores) // 2])
+            _set_readout(page, "image", str(middle if middle != 0 else 1))
             expect(status).not_to_have_text(text, timeout=15_000)
             expect(view).not_to_have_attribute("src", src, timeout=15_000)
             page.screenshot(path=str(shots / "explorer_image_moved.png"), full_page=True)
