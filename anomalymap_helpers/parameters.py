@@ -40,10 +40,9 @@ def _positive(name: str, value: float) -> None:
 
 
 def _augment(name: str, value: str) -> None:
-    from anomalymap_helpers.pipeline import augment
+    from anomalymap_helpers.pipeline.augment import for_dataset
 
-    if value not in ("auto", "off", "none"):
-        augment.check(value)
+    for_dataset(value, "folder")  # refuses what it does not know: one place knows the words
 
 
 def _one_of(choices: Callable[[], Iterable[str]]) -> Callable[[str, Any], None]:

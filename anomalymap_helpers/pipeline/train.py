@@ -212,8 +212,8 @@ def diagnose(history: list[dict[str, float]], baseline: float, n_train: int | No
         why = (f"the model memorised {images}: the validation loss was lowest at epoch {b} and rose to "
                f"{last['val_loss']:.5f} by epoch {last['epoch']} while the training loss fell from "
                f"{best['train_loss']:.5f} to {last['train_loss']:.5f}, so training longer makes it worse; the weights "
-               "of epoch {b} are kept. What helps: more normal images, augmentation (augment='auto' on folders), "
-               "a smaller latent_dim").replace("{b}", str(b))
+               f"of epoch {b} are kept. What helps: more normal images, augmentation (augment='auto' on folders), "
+               "a smaller latent_dim")
     elif len(history) == 1:
         case = "still learning"
         why = "one epoch is too few to tell whether it is still learning: train longer (a larger epochs)"
@@ -643,7 +643,6 @@ def save_checkpoint(
     epoch, b = history[-1]["epoch"], best_epoch(history)
     best = model if best is None else best
     cfg = {**asdict(config), **{k: v for k, v in (extra or {}).items() if v is not None}}
-    cfg["augment"] = list(config.augment)
     checkpoint.save_training_state(
         files.training_state, model, optimizer, epoch=epoch, history=history, train_config=cfg, best=best
     )

@@ -94,7 +94,7 @@ def check_parameters(params: dict[str, Any], notebooks: list[Path]) -> dict[str,
         # here they stand for the checkpoint's own values, so only a real difference is refused.
         saved = checkpoint.read_metadata(files.training_state, "training state").get("train_config", {})
         given = {k: values[k] for k in TrainConfig.__dataclass_fields__ if k in values}
-        if "augment" in given:  # "auto" and "none" by data set, as notebook 02 resolves them
+        if "augment" in given:  # "auto" by data set, as notebook 02 resolves it
             from anomalymap_helpers.pipeline.augment import for_dataset
 
             given["augment"] = for_dataset(given["augment"], values.get("dataset", "mnist"))
