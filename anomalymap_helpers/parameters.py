@@ -122,9 +122,9 @@ def _device(name: str, value: str) -> None:
 
 
 def _score_methods() -> tuple[str, ...]:
-    from anomalymap_helpers.pipeline.scoring import METHODS, VAE_METHODS
+    from anomalymap_helpers.pipeline.scoring import METHODS, RESTORE_METHODS, VAE_METHODS
 
-    return ("auto", *METHODS, *VAE_METHODS)
+    return ("auto", *METHODS, *VAE_METHODS, *RESTORE_METHODS)
 
 
 def _models() -> tuple[str, ...]:
@@ -244,8 +244,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("lr", float, 0.001, "Adam learning rate", ("02",), "above 0", _positive),
     Parameter("latent_dim", int, 64, "size of the bottleneck vector", ("02",), "1 or more", _positive_int),
     Parameter(
-        "model", str, "ae", "\"ae\": autoencoder; \"vae\": variational autoencoder (Gaussian bottleneck, KL term)",
-        ("02",), "`ae`, `vae`", _one_of(_models),
+        "model", str, "ae", "\"ae\": autoencoder; \"vae\": variational (KL term); \"restore\": learns synthetic damage, segments it",
+        ("02",), "`ae`, `vae`, `restore`", _one_of(_models),
     ),
     Parameter(
         "beta", float, 1.0, "model \"vae\": weight of the KL term in the training loss", ("02",), "above 0", _positive,
@@ -275,8 +275,8 @@ PARAMETERS: tuple[Parameter, ...] = (
         ("02",), "`True` or `False`; the other training settings must match the checkpoint's",
     ),
     Parameter(
-        "score_method", str, "auto", "per-image score; auto: patch-knn for MNIST/Fashion, topk (on the map) for folders",
-        ("03",), "`auto`, `mse`, `topk`, `ssim`, `latent-knn`, `patch-knn`, `ensemble`; `elbo` with model vae", _one_of(_score_methods),
+        "score_method", str, "auto", "per-image score; auto: segment for model restore, else patch-knn for MNIST/Fashion, topk for folders",
+        ("03",), "`auto`, `mse`, `topk`, `ssim`, `latent-knn`, `patch-knn`, `ensemble`; `elbo` with model vae; `segment` with model restore", _one_of(_score_methods),
     ),
     Parameter(
         "map_blur", float, -1.0, "Gaussian blur (sigma, pixels) of the anomaly maps; -1: 0 for MNIST/Fashion, size/32 for folders",

@@ -191,7 +191,8 @@ def evaluate(scores: Any, is_anomaly: Any, threshold: float) -> Metrics:
 
 
 def per_class(
-    scores: Any, labels: Any, is_anomaly: Any, class_names: Sequence[str], threshold: float
+    scores: Any, labels: Any, is_anomaly: Any, class_names: Sequence[str], threshold: float,
+    maps: Any = None, masks: Any = None,
 ) -> list[dict[str, Any]]:
     """One row per class of the test set: how it is scored against the other kind.
 
@@ -199,7 +200,9 @@ def per_class(
     normal images, and the share flagged at ``threshold`` (its recall). For a normal
     class: ROC-AUC of all anomalies against that class, and its share flagged (its
     false-alarm rate). A low ROC-AUC names the class that is missed, or that raises
-    false alarms.
+    false alarms. With ``maps`` and ``masks`` ``(N, 1, H, W)``, each defect type also gets the
+    pixel ROC-AUC and AUPRO of its images' maps together with the normal images' (whose pixels are
+    all normal); a normal class gets NaN there.
     """
     s, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     y = np.asarray(is_anomaly, dtype=bool)
@@ -220,6 +223,10 @@ def per_class(
                 "flagged": float((s[mine] > threshold).mean()),
             }
         )
+        if maps is not None and masks is not None:
+            m, k = np.asarray(maps), np.asarray(masks)
+            rows[-1]["pixel_roc_auc"] = pixel_roc_auc(m[both], k[both]) if anomaly else float("nan")
+            rows[-1]["aupro"] = aupro(m[both], k[both]) if anomaly else float("nan")
     return rows
 
 

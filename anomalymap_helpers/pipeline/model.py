@@ -10,9 +10,12 @@ from torch import nn
 
 ARCHITECTURE = "conv-ae-v1"
 VAE_ARCHITECTURE = "conv-vae-v1"
+RESTORE_ARCHITECTURE = "conv-restore-v1"
 # The ``model`` parameter's values and the layer layout each names.
-MODELS = {"ae": ARCHITECTURE, "vae": VAE_ARCHITECTURE}
-MODEL_NAMES = {ARCHITECTURE: "autoencoder", VAE_ARCHITECTURE: "variational autoencoder"}
+MODELS = {"ae": ARCHITECTURE, "vae": VAE_ARCHITECTURE, "restore": RESTORE_ARCHITECTURE}
+MODEL_NAMES = {ARCHITECTURE: "autoencoder", VAE_ARCHITECTURE: "variational autoencoder",
+               RESTORE_ARCHITECTURE: "defect-learning autoencoder"}
+HEAD_WIDTHS = (16, 32, 64, 64)  # the restore model's segmentation head, per level
 MAX_GRID = 8  # the bottleneck grid's largest side: the model halves the image until it is this small
 
 
@@ -71,18 +74,23 @@ class ModelConfig:
 
 
 def check_model(model: str) -> str:
-    """Return ``model`` if it is ``"ae"`` or ``"vae"``, else say which are."""
+    """Return ``model`` if it is ``"ae"``, ``"vae"`` or ``"restore"``, else say which are."""
     from anomalymap_helpers.errors import ParameterError
 
     if model not in MODELS:
-        raise ParameterError(f"model={model!r}: use \"ae\" (autoencoder) or \"vae\" (variational autoencoder)")
+        raise ParameterError(
+            f"model={model!r}: use \"ae\" (autoencoder), \"vae\" (variational autoencoder) or \"restore\" "
+            "(defect-learning: restores synthetic damage and segments it)"
+        )
     return model
 
 
 def build_model(config: ModelConfig) -> ConvAutoencoder:
-    """The module of ``config.architecture``: :class:`ConvAutoencoder` or :class:`ConvVAE`."""
+    """The module of ``config.architecture``: :class:`ConvAutoencoder`, :class:`ConvVAE` or :class:`RestoreNet`."""
     if config.architecture == VAE_ARCHITECTURE:
         return ConvVAE(config)
+    if config.architecture == RESTORE_ARCHITECTURE:
+        return RestoreNet(config)
     return ConvAutoencoder(config)
 
 
@@ -237,6 +245,72 @@ class ConvVAE(ConvAutoencoder):
             return self.decode(self.encode(x))
         mu, logvar = self.encode_stats(x)
         return self.decode(mu + torch.exp(0.5 * logvar) * noise.to(mu.dtype)), mu, logvar
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class SegmentationHead(nn.Module):
+    """A small U-Net: ``(B, in_channels, H, W)`` to one logit per pixel ``(B, 1, H, W)``.
+
+    Blocks of two 3x3 convolutions at ``widths`` channels, each level half the side of the one
+    before (max-pooling); the way up upsamples (bilinear), joins the level's skip connection and
+    convolves again, so the map keeps the image's full resolution. DRAEM's discriminative network
+    is the same idea at 64-1,024 channels; these widths are sized for a laptop CPU.
+    """
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...] = HEAD_WIDTHS) -> None:
+        super().__init__()
+        self.down = nn.ModuleList(
+            _block(cin, cout) for cin, cout in zip((in_channels, *widths[:-1]), widths, strict=True)
+        )
+        self.up = nn.ModuleList(_block(widths[i] + widths[i + 1], widths[i]) for i in range(len(widths) - 1))
+        self.out = nn.Conv2d(widths[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for i in reversed(range(len(self.up))):
+            x = F.interpolate(x, size=skips[i].shape[-2:], mode="bilinear", align_corners=False)
+            x = self.up[i](torch.cat([skips[i], x], 1))
+        return self.out(x)
+
+
+class RestoreNet(ConvAutoencoder):
+    """The defect-learning model (``model="restore"``): an autoencoder that restores synthetic
+    damage, and a segmentation head that says where it was.
+
+    Trained on normal images damaged by :mod:`~anomalymap_helpers.pipeline.damage`: the
+    autoencoder (the same layers as :class:`ConvAutoencoder`) is asked for the *undamaged*
+    image, and the :class:`SegmentationHead` reads the input, its reconstruction and their
+    absolute difference and predicts the damaged pixels (DRAEM's reconstructive and
+    discriminative networks, Zavrtanik et al., ICCV 2021, at a laptop's size). The head reads the
+    reconstruction without passing its gradient back, so the autoencoder only ever learns to
+    restore. :meth:`forward` is the reconstruction, as every model's; :meth:`segment` is the
+    per-pixel logit of "damaged", whose sigmoid is the ``segment`` score's map.
+    """
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        config = replace(config or ModelConfig(), architecture=RESTORE_ARCHITECTURE)
+        super().__init__(config)
+        self.head = SegmentationHead(3 * config.channels)
+        self.to(memory_format=torch.channels_last)
+
+    def segment(self, x: torch.Tensor, reconstruction: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(B, 1, H, W)`` of "this pixel is damaged" for images ``x`` ``(B, C, H, W)``."""
+        r = (self.decode(self.encode(x)) if reconstruction is None else reconstruction).detach().to(x.dtype)
+        return self.head(torch.cat([x, r, (x - r).abs()], 1))
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, segment: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The reconstruction; with ``segment``, ``(reconstruction, logits)`` for the training loss."""
+        r = self.decode(self.encode(x))
+        return (r, self.segment(x, r)) if segment else r
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -103,7 +103,24 @@ def augmented_grid(images: Any, augmented: Any, names: Sequence[str]) -> Figure:
     return fig
 
 
-def loss_curves(history: Sequence[dict[str, float]], best_epoch: int | None = None) -> Figure:
+def damage_grid(images: Any, damaged: Any, masks: Any) -> Figure:
+    """Three rows: training images ``(N, C, H, W)``, the same damaged, and the damage's masks ``(N, 1, H, W)``."""
+    rows = (displayable(images), displayable(damaged), displayable(masks))
+    fig = NotebookFigure(figsize=(len(rows[0]) * 0.9, 3.1), layout="constrained")
+    grid = fig.subplots(3, len(rows[0]), squeeze=False)
+    for row, imgs in enumerate(rows):
+        for col, ax in enumerate(grid[row]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            show_image(ax, imgs[col])
+    for ax, label in zip(grid[:, 0], ("training", "damaged", "mask"), strict=True):
+        ax.set_ylabel(label, fontsize=8)
+    fig.suptitle("what the restore model is told a defect is: synthetic damage and its exact mask", fontsize=9)
+    return fig
+
+
+def loss_curves(history: Sequence[dict[str, float]], best_epoch: int | None = None,
+                ylabel: str = "mean squared error") -> Figure:
     """Training and validation loss per epoch; ``best_epoch`` (the weights kept) marked."""
     fig = NotebookFigure(figsize=(6, 3.5))
     ax = fig.add_subplot()
@@ -114,7 +131,7 @@ def loss_curves(history: Sequence[dict[str, float]], best_epoch: int | None = No
         best = next(h for h in history if h["epoch"] == best_epoch)
         ax.axvline(best_epoch, color="0.5", lw=1, ls=":")
         ax.plot([best_epoch], [best["val_loss"]], "*", ms=12, color="C1", label=f"best epoch {best_epoch} (kept)")
-    ax.set(xlabel="epoch", ylabel="mean squared error", title="Reconstruction loss")
+    ax.set(xlabel="epoch", ylabel=ylabel, title="Training and validation loss")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend()
     ax.grid(alpha=0.3)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from anomalymap_helpers.errors import ParameterError, TrainingError
 from anomalymap_helpers.files import storage
 from anomalymap_helpers.files.paths import RunFiles
-from anomalymap_helpers.pipeline import augment, checkpoint, distributed
+from anomalymap_helpers.pipeline import augment, checkpoint, damage, distributed
 from anomalymap_helpers.pipeline.device import (
     Precision,
     precision_note,
@@ -57,15 +57,17 @@ def check_positive(name: str, value: Any, kind: type = int) -> None:
 AUTO_IMAGES = 10_000  # images seen at least, where epochs=0 on a small training set
 AUTO_BATCH = 64  # the largest batch of batch_size=0
 AUTO_EPOCHS = 2  # the fewest epochs of epochs=0
+RESTORE_IMAGES = 40_000  # images seen at most by the restore model, where epochs=0 (it learns from damage drawn anew)
 
 
-def schedule_for(n_train: int, epochs: int = 0, batch_size: int = 0) -> tuple[int, int]:
+def schedule_for(n_train: int, epochs: int = 0, batch_size: int = 0, model: str = "ae") -> tuple[int, int]:
     """Resolve ``epochs=0`` and ``batch_size=0`` ("by data set") for ``n_train`` training images.
 
     ``batch_size=0``: the power of two nearest below ``n_train / 16``, between 16 and
     ``AUTO_BATCH`` (64 from 1,024 images up), so an epoch takes at least about 16 steps.
     ``epochs=0``: ``AUTO_EPOCHS`` (2 on MNIST and Fashion-MNIST), or more on a small set,
-    until the model has seen ``AUTO_IMAGES`` images (e.g. 38 epochs of a 270-image folder).
+    until the model has seen ``AUTO_IMAGES`` images (e.g. 38 epochs of a 270-image folder);
+    ``RESTORE_IMAGES`` for ``model="restore"``, which sees each image with new damage every epoch.
     Values other than 0 are kept.
 
     On MNIST 2 epochs of 64 reach a lower validation MSE than the original 5 epochs of 256
@@ -75,7 +77,8 @@ def schedule_for(n_train: int, epochs: int = 0, batch_size: int = 0) -> tuple[in
     if batch_size == 0:
         batch_size = min(AUTO_BATCH, max(16, 2 ** int(math.log2(max(n_train // 16, 1)))))
     if epochs == 0:
-        epochs = max(AUTO_EPOCHS, math.ceil(AUTO_IMAGES / max(n_train, 1)))
+        seen = RESTORE_IMAGES if model == "restore" else AUTO_IMAGES
+        epochs = max(AUTO_EPOCHS, math.ceil(seen / max(n_train, 1)))
     return epochs, batch_size
 
 
@@ -303,6 +306,7 @@ def training_step(
     counts: bool = True,
     noise: torch.Tensor | None = None,
     beta: float = 1.0,
+    damaged: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> float:
     """One optimizer step on ``batch``; return its loss. A non-finite loss takes no step.
 
@@ -318,7 +322,18 @@ def training_step(
     ``counts=False`` marks a stand-in share (a final batch smaller than the number of
     processes leaves some without an image): it takes part in the gradient exchange
     with a weight of 0.
+
+    For the restore model ``damaged`` is ``(damaged images, masks)`` made from ``batch`` by
+    :func:`~anomalymap_helpers.pipeline.damage.damage`: the loss is the MSE of its reconstruction
+    of the damaged images against ``batch`` plus the focal loss of its segmentation against the
+    masks (:func:`restore_loss`).
     """
+    if damaged is not None:
+        with precision.autocast():
+            recon, logits = model(damaged[0], True)
+        squared, focal = restore_loss(recon, logits, batch, damaged[1], reduction="sum")
+        squared = squared + batch.shape[1] * focal  # per pixel and channel, as the MSE
+        return _step(optimizer, scaler, squared, len(batch), batch[0].numel(), global_batch, counts)
     with precision.autocast():
         out = model(batch) if noise is None else model(batch, noise)
     kl = None
@@ -345,6 +360,84 @@ def training_step(
         scaler.step(optimizer)
         scaler.update()
     return value
+
+
+def _step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, total: torch.Tensor, n: int,
+          numel: int, global_batch: int | None, counts: bool) -> float:
+    """A step on the summed loss ``total`` of ``n`` images of ``numel`` values each (see :func:`training_step`)."""
+    size = distributed.world().size
+    elements = (global_batch or n) * numel
+    total = total * (1.0 if counts else 0.0)
+    loss = total * (size / elements)
+    value = (distributed.all_sum(total.detach()).item() if size > 1 else total.item()) / elements
+    if math.isfinite(value):
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return value
+
+
+FOCAL_GAMMA = 2.0  # the segmentation loss's focus on hard pixels (DRAEM's focal loss)
+
+
+def restore_loss(recon: torch.Tensor, logits: torch.Tensor, clean: torch.Tensor, masks: torch.Tensor,
+                 reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """The restore model's two losses: squared error of ``recon`` against ``clean`` and the focal loss
+    (Lin et al. 2017, gamma ``FOCAL_GAMMA``, no class weight) of ``logits`` against ``masks``, in fp32."""
+    from torchvision.ops import sigmoid_focal_loss
+
+    squared = F.mse_loss(recon.float(), clean, reduction=reduction)
+    focal = sigmoid_focal_loss(logits.float(), masks.float(), alpha=-1, gamma=FOCAL_GAMMA, reduction=reduction)
+    return squared, focal
+
+
+# Validation of the restore model: the validation normals, each damaged this many times by one fixed draw.
+RESTORE_VAL_COPIES = 4
+RESTORE_VAL_SEED = 20_211_011
+
+
+def restore_validation(train_images: torch.Tensor, val_images: torch.Tensor, copies: int = RESTORE_VAL_COPIES
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(clean, damaged, masks)``: the fixed damaged validation set of the restore model (the same for
+    every seed and epoch, so its losses compare), damaged with patches of ``train_images``."""
+    clean = val_images.repeat(copies, 1, 1, 1)
+    damaged, masks = damage.damage(clean, train_images, torch.Generator().manual_seed(RESTORE_VAL_SEED))
+    return clean, damaged, masks
+
+
+@torch.inference_mode()
+def restore_val_loss(model: torch.nn.Module, clean: torch.Tensor, damaged: torch.Tensor, masks: torch.Tensor,
+                     precision: Precision, batch_size: int = 256) -> float:
+    """The restore model's validation loss: MSE plus focal loss per pixel over the fixed damaged set."""
+    model.eval()
+    w = distributed.world()
+    total = torch.zeros((), dtype=torch.float64, device=clean.device)
+    idx = torch.arange(len(clean))[w.rank :: w.size]
+    for i in range(0, len(idx), batch_size):
+        j = idx[i : i + batch_size].to(clean.device)
+        with precision.autocast():
+            recon, logits = model(damaged[j], True)
+        squared, focal = restore_loss(recon, logits, clean[j], masks[j], reduction="sum")
+        total += (squared + clean.shape[1] * focal).double()
+    return float(distributed.all_sum(total)) / clean[0].numel() / max(1, len(clean))
+
+
+def baseline_loss(model: str, train_images: torch.Tensor, val_images: torch.Tensor) -> float:
+    """The laziest model's validation loss, which a trained one must beat (notebook 02's check).
+
+    For ``"ae"`` and ``"vae"``: the MSE of the mean training image on ``val_images``. For
+    ``"restore"``: the mean image as the reconstruction of every damaged validation image, plus the
+    focal loss of one constant guess, the share of damaged pixels, everywhere.
+    """
+    mean_image = train_images.mean(0, keepdim=True)
+    if model != "restore":
+        return float(((val_images - mean_image) ** 2).mean())
+    clean, _, masks = restore_validation(train_images, val_images)
+    p = masks.mean().clamp(1e-4, 1 - 1e-4)
+    logits = torch.full_like(masks, float(torch.log(p / (1 - p))))
+    squared, focal = restore_loss(mean_image.expand_as(clean), logits, clean, masks)
+    return float(squared + focal)
 
 
 @torch.inference_mode()
@@ -490,6 +583,9 @@ def train(
         if w.main:
             print(f"resuming after epoch {start} from {files.training_state} (best so far: epoch {best_epoch(history)})")
     x_train, x_val = to_device(train_images, device), to_device(val_images, device)
+    restoring = config.model == "restore"
+    if restoring:  # the fixed damaged validation set
+        restore_val = tuple(to_device(t, device) for t in restore_validation(train_images, val_images))
     n, bs = len(x_train), config.batch_size
     steps = math.ceil(n / bs)
     why = precision_note(precision, config.amp)
@@ -522,6 +618,7 @@ def train(
                 # The VAE's draws, from their own seeded stream: resuming after an epoch repeats them.
                 noise_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch + 500_009)
                 augment_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch + 700_001)
+                damage_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch + 900_007)
                 total = 0.0
                 step_bar = progress_bar(steps, f"epoch {epoch + 1}", leave=False, disable=not progress or plain)
                 for step in range(steps):
@@ -534,13 +631,23 @@ def train(
                     if config.augment:  # drawn for the global batch, as the VAE's noise
                         draws = augment.draw(config.augment, len(chosen), batch.shape[-1], augment_gen)
                         batch = augment.apply(batch, draws[w.rank :: w.size] if len(share) else draws[:1])
+                    damaged = None
+                    if restoring:  # damaged as the global batch, in order, so any nproc draws the same
+                        whole = x_train[chosen]
+                        if config.augment:
+                            whole = augment.apply(whole, draws)
+                        bad, masks = damage.damage(whole, x_train, damage_gen)
+                        pick = torch.arange(len(chosen))[w.rank :: w.size] if len(share) else torch.arange(1)
+                        batch = whole[pick.to(device)]
+                        damaged = (bad[pick.to(device)], masks[pick.to(device)])
                     noise = None
                     if config.model == "vae":  # drawn for the global batch, so any nproc draws the same
                         draws = torch.randn(len(chosen), config.latent_dim, generator=noise_gen)
                         noise = draws[w.rank :: w.size] if len(share) else draws[:1]
                         noise = noise.to(device)
                     value = training_step(
-                        net, optimizer, scaler, batch, precision, len(chosen), len(share) > 0, noise, config.beta
+                        net, optimizer, scaler, batch, precision, len(chosen), len(share) > 0, noise, config.beta,
+                        damaged,
                     )
                     if not math.isfinite(value):
                         raise TrainingError(
@@ -561,7 +668,8 @@ def train(
                         )
                 step_bar.close()
                 seconds = time.perf_counter() - t0
-                val_loss = mean_loss(model, x_val, precision)
+                val_loss = restore_val_loss(model, *restore_val, precision) if restoring else mean_loss(
+                    model, x_val, precision)
                 record = {
                     "epoch": epoch + 1,
                     "train_loss": total / n,

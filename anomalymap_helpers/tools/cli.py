@@ -41,6 +41,7 @@ def _export(args: argparse.Namespace) -> int:
         print(
             f"onnxruntime vs PyTorch (fp32) on {c['images']:,} test images: largest score difference "
             f"{c['score_diff']:.1e}, largest map difference {c['map_diff']:.1e}, "
+            + (f"segmentation {c['score_map_diff']:.1e}, " if "score_map_diff" in c else "") +
             f"{c['verdict_flips']} verdict(s) changed at the threshold {c['threshold']:.5f}\n"
             f"scoring on the CPU: onnxruntime {c['onnxruntime_images_per_s']:,.0f} images/s, "
             f"PyTorch {c['pytorch_images_per_s']:,.0f} images/s (maps and the run's score, median of 3)"

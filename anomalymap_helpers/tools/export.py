@@ -13,7 +13,8 @@ the run's size: ``uint8`` 0-255 (the default: what a PNG decodes to) or ``float`
   feature maps it compares; the ensemble's validation mean and spread) is a constant
   inside the graph, so the one file is all a user needs;
 - ``score_map``: ``N x 1 x H x W``, for ``patch-knn`` its own map (upsampled from the
-  encoder's grid, whose largest cell is the score); for the other methods the same as ``map``.
+  encoder's grid, whose largest cell is the score); for ``segment`` (the restore model) its
+  segmentation, the probability of damage per pixel; for the other methods the same as ``map``.
 
 Its metadata (``session.get_modelmeta().custom_metadata_map`` in onnxruntime) holds
 the threshold of notebook 03, the score method, the image size and channels, the input
@@ -36,7 +37,7 @@ from torch import nn
 from anomalymap_helpers.errors import MissingInputError, ParameterError
 from anomalymap_helpers.files import storage
 from anomalymap_helpers.pipeline import scoring
-from anomalymap_helpers.pipeline.model import ConvAutoencoder, ReferenceAutoencoder
+from anomalymap_helpers.pipeline.model import ConvAutoencoder, ReferenceAutoencoder, RestoreNet, SegmentationHead
 
 INPUTS = ("uint8", "float")
 OPSET = 18
@@ -74,7 +75,7 @@ class Detector(nn.Module):
     ) -> None:
         super().__init__()
         copy = ConvAutoencoder(model.config)
-        copy.load_state_dict(model.state_dict())
+        copy.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("head.")})
         self.net = ReferenceAutoencoder(copy.cpu().float()).eval()
         self.method, self.blur, self.k, self.topk, self.uint8 = method, float(blur), k, topk, uint8
         self.stats = dict(stats or {})
@@ -88,6 +89,13 @@ class Detector(nn.Module):
         kept = (train_images * 255).round().to(torch.uint8) if method == "patch-knn" else torch.zeros(0, dtype=torch.uint8)
         self.register_buffer("train_images", kept)
         self.patch_k, self.smooth = scoring.PATCH_NEIGHBOURS, scoring.PATCH_SMOOTH
+        self.head = None
+        if method == "segment":
+            if not isinstance(model, RestoreNet):
+                raise ValueError("score method 'segment' needs the restore model")
+            self.head = SegmentationHead(3 * model.config.channels)
+            self.head.load_state_dict(model.head.state_dict())
+            self.head = self.head.cpu().float().to(memory_format=torch.contiguous_format).eval()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = images.to(torch.float32)
@@ -102,6 +110,9 @@ class Detector(nn.Module):
             grid = self._patch_grid(h, z)
             own = F.interpolate(grid, size=x.shape[-2:], mode="bilinear", align_corners=False)
             return maps, grid.flatten(1).amax(1), own
+        if self.head is not None:
+            seg = torch.sigmoid(self.head(torch.cat([x, recon, (x - recon).abs()], 1)))
+            return maps, scoring.segment_scores(seg), seg
         return maps, self._score(self.method, x, recon, maps, z), maps
 
     def _patch_grid(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -179,8 +190,10 @@ def detector_for(run: Any, *, uint8: bool = True) -> tuple[Detector, dict[str, s
         "input_layout": "N x C x H x W",
         "outputs": "map: N x 1 x H x W anomaly map (|x - reconstruction|, channel mean, blurred); "
         "score: N image scores, anomaly where score > threshold; "
-        + ("score_map: N x 1 x H x W patch-knn's own map, upsampled from the encoder's grid (the score is "
-           "that grid's largest cell)" if method == "patch-knn" else "score_map: the same as map"),
+        + {"patch-knn": "score_map: N x 1 x H x W patch-knn's own map, upsampled from the encoder's grid (the score "
+                        "is that grid's largest cell)",
+           "segment": "score_map: N x 1 x H x W the restore model's segmentation, the probability of damage per "
+                      "pixel (the score is its largest small-window mean)"}.get(method, "score_map: the same as map"),
         "dataset": run.dataset,
         "class_names": json.dumps(list(test.class_names)),
         "normal_classes": json.dumps(list(run.manifest["config"]["normal_classes"])),
@@ -266,7 +279,8 @@ def check_export(path: str | os.PathLike[str], run: Any, batch_size: int = 512) 
     """Compare an exported detector in onnxruntime with the PyTorch path (fp32) on the run's test images.
 
     Returns:
-        ``images``, the largest ``score_diff`` and ``map_diff``, ``verdict_flips`` at the
+        ``images``, the largest ``score_diff`` and ``map_diff`` (and ``score_map_diff``, the
+        segmentation's, for ``segment``), ``verdict_flips`` at the
         threshold in the file's metadata, and both paths' ``images_per_s`` (median of 3).
     """
     import statistics
@@ -282,9 +296,10 @@ def check_export(path: str | os.PathLike[str], run: Any, batch_size: int = 512) 
     images = run.splits["test"].images
     x = (images * 255).round().to(torch.uint8).numpy() if meta["input"].startswith("uint8") else images.numpy()
 
-    def onnx_path() -> tuple[np.ndarray, np.ndarray]:
-        parts = [session.run(["map", "score"], {"images": x[i : i + batch_size]}) for i in range(0, len(x), batch_size)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    def onnx_path() -> tuple[np.ndarray, ...]:
+        parts = [session.run(["map", "score", "score_map"], {"images": x[i : i + batch_size]})
+                 for i in range(0, len(x), batch_size)]
+        return tuple(np.concatenate([p[j] for p in parts]) for j in range(3))
 
     ev = run.evaluation
     method, blur = ev["score"], float(ev.get("map_blur", 0.0))
@@ -295,9 +310,9 @@ def check_export(path: str | os.PathLike[str], run: Any, batch_size: int = 512) 
         model, run.splits["train"].images, val, reference=run.reference_latents().cpu(), blur=blur, precision=fp32
     )
 
-    def torch_path() -> tuple[torch.Tensor, torch.Tensor]:
+    def torch_path() -> tuple[torch.Tensor, ...]:
         test = scoring.score(model, images, blur=blur, precision=fp32)
-        return test.maps, scorer.all_scores(test)[method]
+        return test.maps, scorer.all_scores(test)[method], test.pixel_maps(method)
 
     rates = {}
     for name, fn in (("onnxruntime", onnx_path), ("pytorch", torch_path)):
@@ -308,7 +323,7 @@ def check_export(path: str | os.PathLike[str], run: Any, batch_size: int = 512) 
             out = fn()
             times.append(time.perf_counter() - t0)
         rates[name] = (len(x) / statistics.median(times), out)
-    (o_maps, o_scores), (t_maps, t_scores) = rates["onnxruntime"][1], rates["pytorch"][1]
+    (o_maps, o_scores, o_own), (t_maps, t_scores, t_own) = rates["onnxruntime"][1], rates["pytorch"][1]
     from anomalymap_helpers.pipeline.metrics import compare_scores
 
     threshold = float(meta["threshold"])
@@ -317,6 +332,7 @@ def check_export(path: str | os.PathLike[str], run: Any, batch_size: int = 512) 
         "images": len(x),
         "score_diff": scores["largest_difference"],
         "map_diff": float(np.abs(o_maps - t_maps.numpy()).max()),
+        **({"score_map_diff": float(np.abs(o_own - t_own.numpy()).max())} if method == "segment" else {}),
         "verdict_flips": scores["verdict_flips"],
         "threshold": threshold,
         "onnxruntime_images_per_s": rates["onnxruntime"][0],

@@ -41,7 +41,7 @@ def config_for(values: Mapping[str, Any], n_train: int, dataset: str = "mnist") 
     """The :class:`~anomalymap_helpers.pipeline.train.TrainConfig` notebook 02 builds from its parameters."""
     from anomalymap_helpers.pipeline import augment
 
-    epochs, batch_size = train.schedule_for(n_train, values["epochs"], values["batch_size"])
+    epochs, batch_size = train.schedule_for(n_train, values["epochs"], values["batch_size"], values["model"])
     return train.TrainConfig(
         epochs, batch_size, values["lr"], values["latent_dim"], values["seed"], values["device"], values["amp"],
         model=values["model"], beta=values["beta"], patience=values["patience"],

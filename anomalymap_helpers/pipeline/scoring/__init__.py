@@ -23,7 +23,9 @@ a defect is a region, not a single pixel). Per-image scores (higher = more anoma
   ``(sum of squared errors + KL(q(z|x) || N(0, I))) / pixels``, with the
   reconstruction of the mean code (one deterministic pass, no sampling) and the
   KL weight 1 whatever ``beta`` trained with: the bound on ``-log p(x)`` (up to a
-  constant) that the VAE's likelihood view scores by.
+  constant) that the VAE's likelihood view scores by;
+- ``segment`` (``model="restore"`` only, and its default): the restore model's own segmentation
+  of damage, a probability per pixel (the map), scored by its largest small-window mean.
 
 Everything a score is fitted on (the kNN reference set, the standardisation)
 comes from the normal training and validation images, never the test labels.
@@ -59,6 +61,7 @@ from anomalymap_helpers.pipeline.scoring.scorer import (
     ENSEMBLE,
     METHODS,
     REGISTRY,
+    RESTORE_METHODS,
     VAE_METHODS,
     Method,
     Scorer,
@@ -66,11 +69,12 @@ from anomalymap_helpers.pipeline.scoring.scorer import (
     default_method,
 )
 from anomalymap_helpers.pipeline.scoring.scores_csv import read_scores, write_scores
+from anomalymap_helpers.pipeline.scoring.segment import SegmentMaps, segment_scores
 
 __all__ = [
-    "DEFAULT_METHOD", "ENSEMBLE", "METHODS", "PATCH_NEIGHBOURS", "PATCH_SMOOTH", "REGISTRY", "VAE_METHODS",
-    "LatentKnnMaps", "Method", "PatchKnn", "Scored", "Scorer", "anomaly_maps", "blur_sigma", "check_method",
+    "DEFAULT_METHOD", "ENSEMBLE", "METHODS", "PATCH_NEIGHBOURS", "PATCH_SMOOTH", "REGISTRY", "RESTORE_METHODS",
+    "VAE_METHODS", "LatentKnnMaps", "Method", "PatchKnn", "SegmentMaps", "Scored", "Scorer", "anomaly_maps", "blur_sigma", "check_method",
     "default_method", "elbo_scores", "encode", "gaussian_blur", "infer", "inference_precision", "knn_distances",
     "lowest_peak", "mse_scores", "nearest", "read_scores", "reconstruct", "score", "smooth_cells", "ssim_scores",
-    "topk_scores", "unit_cells", "write_scores",
+    "segment_scores", "topk_scores", "unit_cells", "write_scores",
 ]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from anomalymap_helpers.pipeline.device import Precision, inference_precision, retain_freed_memory
-from anomalymap_helpers.pipeline.model import ConvAutoencoder, ConvVAE, kl_divergence
+from anomalymap_helpers.pipeline.model import ConvAutoencoder, ConvVAE, RestoreNet, kl_divergence
 from anomalymap_helpers.pipeline.scoring.maps import anomaly_maps
 from anomalymap_helpers.pipeline.scoring.pixel import mse_scores
 
@@ -32,7 +32,7 @@ def infer(
         ``(reconstructions (N, C, H, W) or None, latents (N, latent_dim))``; a VAE's latents
         are the means of q(z|x).
     """
-    out, latents, _ = _infer(model, images, batch_size=batch_size, precision=precision, decode=decode)
+    out, latents, _, _ = _infer(model, images, batch_size=batch_size, precision=precision, decode=decode)
     return out, latents
 
 
@@ -44,8 +44,11 @@ def _infer(
     batch_size: int = 512,
     precision: Precision | None = None,
     decode: bool = True,
-) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-    """:func:`infer`, plus each image's KL divergence ``(N,)`` where ``model`` is a VAE (else None)."""
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """:func:`infer`, plus each image's KL divergence ``(N,)`` where ``model`` is a VAE, and the
+    segmentation maps ``(N, 1, H, W)`` where it is the restore model (else None)."""
+    from anomalymap_helpers.pipeline.scoring.segment import segmentation
+
     device = next(model.parameters()).device
     precision = precision or inference_precision(device)
     if device.type == "cpu":
@@ -55,6 +58,8 @@ def _infer(
     latents = torch.empty(len(images), model.config.latent_dim, dtype=torch.float32)
     variational = isinstance(model, ConvVAE)
     kl = torch.empty(len(images), dtype=torch.float32) if variational else None
+    segmenting = isinstance(model, RestoreNet) and decode
+    seg = torch.empty(len(images), 1, *images.shape[-2:], dtype=torch.float32) if segmenting else None
     for i in range(0, len(images), batch_size):
         batch = images[i : i + batch_size].to(device).contiguous(memory_format=torch.channels_last)
         with precision.autocast():
@@ -64,9 +69,12 @@ def _infer(
             else:
                 z = model.encode(batch)
             if out is not None:
-                out[i : i + batch_size] = model.decode(z).float().cpu()
+                recon = model.decode(z)
+                out[i : i + batch_size] = recon.float().cpu()
+                if seg is not None:
+                    seg[i : i + batch_size] = segmentation(model, batch, recon).cpu()
         latents[i : i + batch_size] = z.float().cpu()
-    return out, latents, kl
+    return out, latents, kl, seg
 
 
 def reconstruct(
@@ -94,6 +102,8 @@ class Scored:
         scores: ``(N,)`` per-image MSE.
         latents: ``(N, latent_dim)`` encoder outputs.
         kl: ``(N,)`` KL divergence of q(z|x) from the prior, for a VAE; else None.
+        segmentation: ``(N, 1, H, W)`` the restore model's probability of damage per pixel
+            (the ``segment`` score's map); else None.
     """
 
     images: torch.Tensor
@@ -102,6 +112,12 @@ class Scored:
     scores: torch.Tensor
     latents: torch.Tensor
     kl: torch.Tensor | None = None
+    segmentation: torch.Tensor | None = None
+
+    def pixel_maps(self, method: str) -> torch.Tensor:
+        """The full-resolution map that ``method``'s pixels are judged by: the segmentation for
+        ``segment``, else the reconstruction-error map."""
+        return self.segmentation if method == "segment" and self.segmentation is not None else self.maps
 
 
 def score(
@@ -116,5 +132,5 @@ def score(
 
     ``precision`` as in :func:`infer` (default: mixed where the device has it natively).
     """
-    recon, latents, kl = _infer(model, images, batch_size=batch_size, precision=precision)
-    return Scored(images, recon, anomaly_maps(images, recon, blur), mse_scores(images, recon), latents, kl)
+    recon, latents, kl, seg = _infer(model, images, batch_size=batch_size, precision=precision)
+    return Scored(images, recon, anomaly_maps(images, recon, blur), mse_scores(images, recon), latents, kl, seg)

@@ -16,6 +16,7 @@ from anomalymap_helpers.pipeline.scoring.knn import nearest
 from anomalymap_helpers.pipeline.scoring.latent_maps import LatentKnnMaps
 from anomalymap_helpers.pipeline.scoring.patch_knn import PatchKnn
 from anomalymap_helpers.pipeline.scoring.pixel import elbo_scores, ssim_scores, topk_scores
+from anomalymap_helpers.pipeline.scoring.segment import SegmentMaps, segment_scores
 
 Neighbours = tuple[torch.Tensor, torch.Tensor]  # (distances (N, k), indices (N, k)) of the shared search
 
@@ -34,6 +35,7 @@ class Method:
         own_map: The class that draws the score's own map (called as ``cls(model, train_images,
             reference)`` on images), or None where the score is read off the reconstruction error.
         vae_only: Only a variational autoencoder has it.
+        restore_only: Only the restore model has it.
     """
 
     name: str
@@ -41,6 +43,7 @@ class Method:
     needs_reference: bool = False
     own_map: type | None = None
     vae_only: bool = False
+    restore_only: bool = False
 
 
 ENSEMBLE = ("latent-knn", "ssim")  # what the ensemble averages, each standardised on the validation normals
@@ -53,31 +56,42 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            own_map=PatchKnn),
     Method("ensemble", None, needs_reference=True),
     Method("elbo", lambda s, x, n: elbo_scores(x.scores, x.kl, x.images[0].numel()), vae_only=True),
+    Method("segment", lambda s, x, n: segment_scores(x.segmentation), own_map=SegmentMaps, restore_only=True),
 )}
-METHODS = tuple(n for n, m in REGISTRY.items() if not m.vae_only)  # every model's
+METHODS = tuple(n for n, m in REGISTRY.items() if not (m.vae_only or m.restore_only))  # every model's
 VAE_METHODS = tuple(n for n, m in REGISTRY.items() if m.vae_only)  # the variational autoencoder's own
+RESTORE_METHODS = tuple(n for n, m in REGISTRY.items() if m.restore_only)  # the restore model's own
 DEFAULT_METHOD = "patch-knn"
 
 
 def check_method(method: str, dataset: str = "mnist", model: str | None = None) -> str:
     """Return ``method`` (``"auto"`` resolved for ``dataset``) if it is known, else say which are.
 
-    With ``model`` (``"ae"`` or ``"vae"``), ``elbo`` is refused for an autoencoder.
+    With ``model`` (``"ae"``, ``"vae"`` or ``"restore"``), ``elbo`` is refused for any but a VAE
+    and ``segment`` for any but the restore model.
     """
     if method == "auto":
-        return default_method(dataset)
-    if method not in METHODS + VAE_METHODS:
-        raise ParameterError(f"score_method={method!r}: use one of {['auto', *METHODS, *VAE_METHODS]}")
-    if method in VAE_METHODS and model == "ae":
+        return default_method(dataset, model)
+    if method not in METHODS + VAE_METHODS + RESTORE_METHODS:
         raise ParameterError(
-            f"score_method={method!r} is the variational autoencoder's negative ELBO, and this run's model is an "
-            f"autoencoder: train with -p model vae in 02, or use one of {['auto', *METHODS]}"
+            f"score_method={method!r}: use one of {['auto', *METHODS, *VAE_METHODS, *RESTORE_METHODS]}"
+        )
+    if method in VAE_METHODS and model not in (None, "vae"):
+        raise ParameterError(
+            f"score_method={method!r} is the variational autoencoder's negative ELBO, and this run's model is "
+            f"model={model!r}: train with -p model vae in 02, or use one of {['auto', *METHODS]}"
+        )
+    if method in RESTORE_METHODS and model not in (None, "restore"):
+        raise ParameterError(
+            f"score_method={method!r} reads the restore model's segmentation, and this run's model is "
+            f"model={model!r}: train with -p model restore in 02, or use one of {['auto', *METHODS]}"
         )
     return method
 
 
-def default_method(dataset: str) -> str:
-    """The score of ``score_method="auto"``: ``topk`` (read off the map) for folders, else ``patch-knn``.
+def default_method(dataset: str, model: str | None = None) -> str:
+    """The score of ``score_method="auto"``: ``segment`` for the restore model (the score it is
+    trained for), else ``topk`` (read off the map) for folders, else ``patch-knn``.
 
     A folder data set is about *where* the defect is, at the pixel, so its default score is
     read off the full-resolution reconstruction error that the pixel-level measures score;
@@ -86,6 +100,8 @@ def default_method(dataset: str) -> str:
     on the encoder's coarse grid). Chosen on a development split of the *training* images
     (docs/benchmarks.md), never on test results.
     """
+    if model == "restore":
+        return "segment"
     return "topk" if dataset == "folder" else DEFAULT_METHOD
 
 
@@ -143,6 +159,7 @@ class Scorer:
             name: m.compute(self, scored, neighbours)
             for name, m in REGISTRY.items()
             if m.compute is not None and (not m.vae_only or scored.kl is not None)
+            and (not m.restore_only or scored.segmentation is not None)
         }
 
     def _with_ensemble(self, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
