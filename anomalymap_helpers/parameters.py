@@ -130,7 +130,7 @@ def _score_methods() -> tuple[str, ...]:
 def _models() -> tuple[str, ...]:
     from anomalymap_helpers.pipeline.model import MODELS
 
-    return tuple(MODELS)
+    return ("auto", *MODELS)
 
 
 def _scales() -> tuple[str, ...]:
@@ -244,8 +244,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("lr", float, 0.001, "Adam learning rate", ("02",), "above 0", _positive),
     Parameter("latent_dim", int, 64, "size of the bottleneck vector", ("02",), "1 or more", _positive_int),
     Parameter(
-        "model", str, "ae", "\"ae\": autoencoder; \"vae\": variational (KL term); \"restore\": learns synthetic damage, segments it",
-        ("02",), "`ae`, `vae`, `restore`", _one_of(_models),
+        "model", str, "auto", "auto: restore for folders, ae for MNIST/Fashion; ae: autoencoder; vae: variational; restore: learns synthetic damage, segments it",
+        ("02",), "`auto`, `ae`, `vae`, `restore`", _one_of(_models),
     ),
     Parameter(
         "beta", float, 1.0, "model \"vae\": weight of the KL term in the training loss", ("02",), "above 0", _positive,
@@ -374,6 +374,10 @@ def _config_checks(values: Mapping[str, Any], given: Iterable[str]) -> None:
         from anomalymap_helpers.pipeline.augment import for_dataset
 
         values = {**values, "augment": for_dataset(values["augment"], dataset)}
+    if "model" in values:  # "auto" resolves by data set in notebook 02
+        from anomalymap_helpers.pipeline.model import resolve_model
+
+        values = {**values, "model": resolve_model(values["model"], dataset)}
     for config in (SplitConfig, TrainConfig):
         names = [f.name for f in fields(config)]
         if set(names) & set(given) - {"seed"}:

@@ -1,7 +1,7 @@
 """Does training stop where it should on a small folder, and what does that do to the results?
 
 Runs the whole series with its defaults (nothing but ``dataset folder``, ``image_dir`` and
-``image_size``) on each category folder and seed, in one or more checkouts of the project (e.g.
+``image_size``, or a ``--variant``'s parameters besides) on each category folder and seed, in one or more checkouts of the project (e.g.
 this one against an older commit in a ``git worktree``), and prints per checkout and folder the
 image ROC-AUC, pixel ROC-AUC, AUPRO, the best and last epoch and the training seconds, as mean ±
 sample std over the seeds. A stopped benchmark resumes: a run folder with its ``metrics.json``
@@ -9,6 +9,8 @@ is read, not run again.
 
     python benchmarks/small_folders.py --image-dir data/example-textures/{wood,fabric,metal} \\
         --checkout now=. --checkout before=/tmp/before --seeds 3 --out results/small-folders
+    python benchmarks/small_folders.py --image-dir data/dev-textures/{wood,fabric,metal} \\
+        --variant ae model=ae --variant restore model=restore --seeds 3 --out results/dev-models
 """
 
 from __future__ import annotations
@@ -30,13 +32,16 @@ from typing import Any
 COLUMNS = ("roc_auc", "pixel_roc_auc", "aupro", "best_epoch", "epochs", "train_seconds")
 
 
-def one_run(checkout: Path, image_dir: Path, seed: int, image_size: int, out: Path, data_dir: Path) -> dict[str, Any]:
-    """The series in ``checkout`` on ``image_dir`` with ``seed`` into ``out`` (kept if already done)."""
+def one_run(checkout: Path, image_dir: Path, seed: int, image_size: int, out: Path, data_dir: Path,
+            params: dict[str, str] | None = None) -> dict[str, Any]:
+    """The series in ``checkout`` on ``image_dir`` with ``seed`` (and ``params``) into ``out`` (kept if already done)."""
     metrics = out / "metrics.json"
     if not metrics.exists():
         cmd = [sys.executable, "-m", "anomalymap_helpers", "run", "--results", str(out), "-p", "dataset", "folder",
                "-p", "image_dir", str(image_dir), "-p", "image_size", str(image_size), "-p", "seed", str(seed),
                "-p", "data_dir", str(data_dir)]
+        for name, value in (params or {}).items():
+            cmd += ["-p", name, value]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=checkout, capture_output=True, text=True)
         (out.parent / f"{out.name}.log").write_text(proc.stdout + proc.stderr)
@@ -65,13 +70,17 @@ def summary(values: list[float]) -> str:
 def _main(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()  # the series of another checkout runs in that folder
     out.mkdir(parents=True, exist_ok=True)
-    checkouts = dict(c.split("=", 1) for c in args.checkout or ["now=."])
+    checkouts = {label: (checkout, {}) for label, checkout in (c.split("=", 1) for c in args.checkout or [])}
+    for label, settings in args.variant or []:  # in this checkout, with some parameters set
+        checkouts[label] = (".", dict(kv.split("=", 1) for kv in settings.split(",") if kv))
+    checkouts = checkouts or {"now": (".", {})}
     rows = []
-    for label, checkout in checkouts.items():
+    for label, (checkout, params) in checkouts.items():
         for image_dir in map(Path, args.image_dir):
             for seed in range(args.seeds):
                 run = out / f"{label}-{image_dir.name}-seed{seed}"
-                r = one_run(Path(checkout).resolve(), image_dir.resolve(), seed, args.image_size, run, out / "data")
+                r = one_run(Path(checkout).resolve(), image_dir.resolve(), seed, args.image_size, run, out / "data",
+                            params)
                 rows.append({"checkout": label, "folder": image_dir.name, "seed": seed, **r})
                 print(label, image_dir.name, seed, {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()},
                       flush=True)
@@ -102,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-dir", nargs="+", required=True, metavar="DIR", help="category folders (MVTec AD layout)")
     parser.add_argument("--checkout", action="append", metavar="LABEL=DIR",
                         help="a checkout to run the series in (repeatable; default now=.)")
+    parser.add_argument("--variant", nargs=2, action="append", metavar=("LABEL", "NAME=VALUE,..."),
+                        help="a run of this checkout with some parameters set, e.g. restore model=restore (repeatable)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--out", default="results/small-folders", metavar="DIR")

@@ -98,6 +98,10 @@ def check_parameters(params: dict[str, Any], notebooks: list[Path]) -> dict[str,
             from anomalymap_helpers.pipeline.augment import for_dataset
 
             given["augment"] = for_dataset(given["augment"], values.get("dataset", "mnist"))
+        if "model" in given:  # "auto" by data set, as notebook 02 resolves it
+            from anomalymap_helpers.pipeline.model import resolve_model
+
+            given["model"] = resolve_model(given["model"], values.get("dataset", "mnist"))
         for key in ("epochs", "batch_size"):
             if given.get(key) == 0:
                 given[key] = saved.get(key) or 1

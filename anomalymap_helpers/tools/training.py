@@ -40,11 +40,13 @@ def check_params(params: Mapping[str, Any], results_dir: str | None = None) -> d
 def config_for(values: Mapping[str, Any], n_train: int, dataset: str = "mnist") -> train.TrainConfig:
     """The :class:`~anomalymap_helpers.pipeline.train.TrainConfig` notebook 02 builds from its parameters."""
     from anomalymap_helpers.pipeline import augment
+    from anomalymap_helpers.pipeline.model import resolve_model
 
-    epochs, batch_size = train.schedule_for(n_train, values["epochs"], values["batch_size"], values["model"])
+    model = resolve_model(values["model"], dataset)
+    epochs, batch_size = train.schedule_for(n_train, values["epochs"], values["batch_size"], model)
     return train.TrainConfig(
         epochs, batch_size, values["lr"], values["latent_dim"], values["seed"], values["device"], values["amp"],
-        model=values["model"], beta=values["beta"], patience=values["patience"],
+        model=model, beta=values["beta"], patience=values["patience"],
         augment=augment.for_dataset(values["augment"], dataset),
     )
 
