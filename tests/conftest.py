@@ -126,7 +126,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path, data_dir:
     return run_series(tmp_path_factory.mktemp("run"), {**SMALL, "mnist_dir": mnist_dir, "data_dir": data_dir})
 
 
-FOLDER_SMALL = {"dataset": "folder", "image_size": 32, "n_heatmaps": 4, "tsne_samples": 20}  # epochs by data set
+# The autoencoder's folder path (epochs by data set); the restore model, the folders' default, is tests/test_restore.py's.
+FOLDER_SMALL = {"dataset": "folder", "image_size": 32, "model": "ae", "n_heatmaps": 4, "tsne_samples": 20}
 
 
 @pytest.fixture(scope="session")

@@ -156,12 +156,12 @@ def test_the_schedule_of_the_restore_model_sees_more_images() -> None:
 
 @pytest.fixture(scope="module")
 def restore_run_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
-    """The five notebooks with the restore model on a small texture folder (32x32, a few epochs)."""
+    """The five notebooks with the folders' default model (restore) on a small texture folder (32x32, 6 epochs)."""
     from anomalymap_helpers.pipeline.data.textures import make_texture_folders
 
     root = make_texture_folders(tmp_path_factory.mktemp("tex") / "t", size=32, n_train=60, n_test_good=8,
                                 n_defect=2, materials=("wood",))
-    params = {"dataset": "folder", "image_dir": root / "wood", "image_size": 32, "model": "restore", "epochs": 6,
+    params = {"dataset": "folder", "image_dir": root / "wood", "image_size": 32, "model": "auto", "epochs": 6,
               "n_heatmaps": 2, "tsne_samples": 20, "data_dir": data_dir}
     return run_series(tmp_path_factory.mktemp("restore-run"), params)
 
@@ -181,7 +181,7 @@ def test_the_series_scores_the_restore_model_by_its_segmentation(restore_run_dir
     per_type = (restore_run_dir / "per_type.csv").read_text().splitlines()
     assert "pixel_roc_auc" in per_type[0] and "aupro" in per_type[0]
     log = (restore_run_dir / "runner.log").read_text()
-    assert "score segment (auto)" in log
+    assert "model 'restore' (auto)" in log and "score segment (auto)" in log
 
 
 def test_the_exported_restore_detector_gives_the_segmentation(restore_run_dir: Path, tmp_path: Path) -> None:
