@@ -234,7 +234,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     Parameter("max_test", int, 0, "cap on test images (0: all)", ("01",), "0, or 2 or more"),
     Parameter(
-        "epochs", int, 0, "passes over the normal training images; 0: 2, more on small sets (10,000 images seen)",
+        "epochs", int, 0, "most passes over the normal training images; 0: 2, more on small sets (20,000 images seen)",
         ("02",), "0 (by data set) or more", lambda n, v: _positive_int(n, v, 0),
     ),
     Parameter(

@@ -151,7 +151,7 @@ def test_restore_training_learns_and_resumes_exactly(textures, tmp_path: Path) -
 
 def test_the_schedule_of_the_restore_model_sees_more_images() -> None:
     assert train.schedule_for(180, model="restore") == (train.RESTORE_IMAGES // 180 + 1, 16)
-    assert train.schedule_for(180) == (56, 16)
+    assert train.schedule_for(180) == (112, 16)
 
 
 @pytest.fixture(scope="module")

@@ -298,10 +298,10 @@ def test_cosine_schedule_resumes_only_over_its_planned_epochs(small_normals, tmp
     ("n", "expected"),
     [
         (48_646, (2, 64)),  # MNIST digits 0-8: 2 epochs of 64
-        (5_400, (2, 64)),  # one Fashion-MNIST class
-        (2_000, (5, 64)),  # 10,000 images seen
-        (270, (38, 16)),  # the example folder: about 16 steps an epoch, 10,000 images seen
-        (160, (63, 16)),
+        (5_400, (4, 64)),  # one Fashion-MNIST class: 20,000 images seen at most
+        (2_000, (10, 64)),
+        (270, (75, 16)),  # the example folder: about 16 steps an epoch
+        (160, (125, 16)),
     ],
 )
 def test_schedule_by_data_set(n: int, expected: tuple[int, int]) -> None:

@@ -54,7 +54,7 @@ def check_positive(name: str, value: Any, kind: type = int) -> None:
         raise ParameterError(f"{name}={value!r}: use {what}")
 
 
-AUTO_IMAGES = 10_000  # images seen at least, where epochs=0 on a small training set
+AUTO_IMAGES = 20_000  # images seen at most, where epochs=0 on a small training set (early stopping may end it sooner)
 AUTO_BATCH = 64  # the largest batch of batch_size=0
 AUTO_EPOCHS = 2  # the fewest epochs of epochs=0
 RESTORE_IMAGES = 40_000  # images seen at most by the restore model, where epochs=0 (it learns from damage drawn anew)
@@ -66,13 +66,16 @@ def schedule_for(n_train: int, epochs: int = 0, batch_size: int = 0, model: str 
     ``batch_size=0``: the power of two nearest below ``n_train / 16``, between 16 and
     ``AUTO_BATCH`` (64 from 1,024 images up), so an epoch takes at least about 16 steps.
     ``epochs=0``: ``AUTO_EPOCHS`` (2 on MNIST and Fashion-MNIST), or more on a small set,
-    until the model has seen ``AUTO_IMAGES`` images (e.g. 38 epochs of a 270-image folder);
+    until the model has seen ``AUTO_IMAGES`` images (e.g. 75 epochs of a 270-image folder);
     ``RESTORE_IMAGES`` for ``model="restore"``, which sees each image with new damage every epoch.
     Values other than 0 are kept.
 
     On MNIST 2 epochs of 64 reach a lower validation MSE than the original 5 epochs of 256
     in less than half the time (``python benchmarks/schedule_curve.py``, chosen on
-    the validation MSE and the time; docs/benchmarks.md).
+    the validation MSE and the time; docs/benchmarks.md). On small folders, with early stopping,
+    20,000 images at most reached a lower validation MSE than 10,000 (lower where 10,000 had
+    cut training short, the same elsewhere) for a third more time, and batches of 32 a higher
+    one (``python benchmarks/small_schedule.py`` on development folders; docs/benchmarks.md).
     """
     if batch_size == 0:
         batch_size = min(AUTO_BATCH, max(16, 2 ** int(math.log2(max(n_train // 16, 1)))))
