@@ -138,6 +138,18 @@ def folder_run_dir(tmp_path_factory: pytest.TempPathFactory, example_folder: Pat
 
 
 @pytest.fixture(scope="session")
+def restore_run_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """The five notebooks with the folders' default model (restore) on a small texture folder (32x32, 6 epochs)."""
+    from anomalymap_helpers.pipeline.data.textures import make_texture_folders
+
+    root = make_texture_folders(tmp_path_factory.mktemp("tex") / "t", size=32, n_train=60, n_test_good=8,
+                                n_defect=2, materials=("wood",))
+    params = {"dataset": "folder", "image_dir": root / "wood", "image_size": 32, "model": "auto", "epochs": 6,
+              "n_heatmaps": 2, "tsne_samples": 20, "data_dir": data_dir}
+    return run_series(tmp_path_factory.mktemp("restore-run"), params)
+
+
+@pytest.fixture(scope="session")
 def fashion_run_dir(tmp_path_factory: pytest.TempPathFactory, fashion_dir: Path, data_dir: Path) -> Path:
     """The five notebooks on a slice of Fashion-MNIST: T-shirts normal, trousers and bags anomalous."""
     params = {

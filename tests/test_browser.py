@@ -39,12 +39,12 @@ def chromium() -> None:
         require("Playwright is not installed: pip install -e '.[test]'")
 
 
-@pytest.fixture(scope="module", params=["run_dir", "folder_run_dir"])
+@pytest.fixture(scope="module", params=["run_dir", "folder_run_dir", "restore_run_dir"])
 def lab(
     request: pytest.FixtureRequest, mnist_dir: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, Path]]:
     """A JupyterLab server over a folder holding notebook 04 with a run's parameters (the MNIST
-    smoke run, then the example-folder run); yields its URL and the run folder."""
+    smoke run, the example-folder run, then the restore model's texture run); yields its URL and the run folder."""
     run_dir = request.getfixturevalue(request.param)
     home = tmp_path_factory.mktemp("lab")
     values = {"results_dir": str(run_dir), "data_dir": str(data_dir), "mnist_dir": str(mnist_dir),

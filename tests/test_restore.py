@@ -18,7 +18,6 @@ from anomalymap_helpers.pipeline.device import Precision
 from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig, RestoreNet
 from anomalymap_helpers.runs.opened import Run
 from anomalymap_helpers.tools.cli import main
-from tests.conftest import run_series
 
 FP32 = Precision("fp32", "cpu")
 
@@ -152,18 +151,6 @@ def test_restore_training_learns_and_resumes_exactly(textures, tmp_path: Path) -
 def test_the_schedule_of_the_restore_model_sees_more_images() -> None:
     assert train.schedule_for(180, model="restore") == (train.RESTORE_IMAGES // 180 + 1, 16)
     assert train.schedule_for(180) == (112, 16)
-
-
-@pytest.fixture(scope="module")
-def restore_run_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
-    """The five notebooks with the folders' default model (restore) on a small texture folder (32x32, 6 epochs)."""
-    from anomalymap_helpers.pipeline.data.textures import make_texture_folders
-
-    root = make_texture_folders(tmp_path_factory.mktemp("tex") / "t", size=32, n_train=60, n_test_good=8,
-                                n_defect=2, materials=("wood",))
-    params = {"dataset": "folder", "image_dir": root / "wood", "image_size": 32, "model": "auto", "epochs": 6,
-              "n_heatmaps": 2, "tsne_samples": 20, "data_dir": data_dir}
-    return run_series(tmp_path_factory.mktemp("restore-run"), params)
 
 
 def test_the_series_scores_the_restore_model_by_its_segmentation(restore_run_dir: Path) -> None:
