@@ -99,6 +99,7 @@ def test_the_check_in_02_names_each_case() -> None:
     assert (learning.ok, learning.case) == (False, "still learning") and "train longer" in learning.message
     stuck = train.diagnose(_history([0.030, 0.031, 0.0305], [0.030, 0.0301, 0.0302]), 0.02328)
     assert (stuck.ok, stuck.case) == (False, "not learning") and "another lr" in stuck.message
+    assert "model='restore'" in stuck.message
     fine = train.diagnose(_history([0.0081, 0.0052], [0.029, 0.0063]), 0.06777)
     assert fine.ok and fine.case in ("learned", "still learning")
     fine = train.diagnose(_history([0.0081, 0.0052, 0.0053], [0.029, 0.0063, 0.0062]), 0.06777)

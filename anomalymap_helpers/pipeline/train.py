@@ -232,7 +232,9 @@ def diagnose(history: list[dict[str, float]], baseline: float, n_train: int | No
     else:
         case = "not learning"
         why = ("neither loss is falling, and the model does no better than the mean image: try another lr "
-               "(lower if the loss jumps, higher if it creeps), or check that the training images are normal ones")
+               "(lower if the loss jumps, higher if it creeps), or check that the training images are normal ones; "
+               "on a textured surface, which an autoencoder often rebuilds no better than its mean, use "
+               "model='restore' (the folders' default), which learns what a defect looks like instead")
     if ok and case == "learned":
         return Diagnosis(True, case, f"{head}: {why}")
     prefix = "" if ok else "The autoencoder does no better than the mean image. "
