@@ -202,7 +202,8 @@ class Diagnosis:
 RISE = 0.02  # a validation loss this much above its lowest counts as rising
 
 
-def diagnose(history: list[dict[str, float]], baseline: float, n_train: int | None = None) -> Diagnosis:
+def diagnose(history: list[dict[str, float]], baseline: float, n_train: int | None = None,
+             model: str = "ae") -> Diagnosis:
     """Compare the best epoch's validation loss with ``baseline`` (the mean image's MSE on the
     validation normals) and say why training ended where it did."""
     if not history:
@@ -210,10 +211,14 @@ def diagnose(history: list[dict[str, float]], baseline: float, n_train: int | No
     b = best_epoch(history)
     best, last = history[b - 1], history[-1]
     ok = best["val_loss"] < baseline
-    head = (f"validation MSE at the best epoch ({b} of {last['epoch']}): autoencoder {best['val_loss']:.5f} "
-            f"vs mean image {baseline:.5f}")
+    loss, mine, lazy = (("validation loss (MSE + focal)", "restore model", "mean image and constant guess")
+                        if model == "restore" else ("validation MSE", "autoencoder", "mean image"))
+    head = f"{loss} at the best epoch ({b} of {last['epoch']}): {mine} {best['val_loss']:.5f} vs {lazy} {baseline:.5f}"
     images = f"its {n_train:,} training images" if n_train else "its training images"
-    if b < last["epoch"] and last["val_loss"] > best["val_loss"] * (1 + RISE) and last["train_loss"] < best["train_loss"]:
+    # The restore model sees new damage every epoch, so its losses jump from epoch to epoch and it cannot
+    # memorise its inputs as an autoencoder does: the memorising case is judged for the others only.
+    rising = last["val_loss"] > best["val_loss"] * (1 + RISE) and last["train_loss"] < best["train_loss"]
+    if b < last["epoch"] and rising and model != "restore":
         case = "memorised"
         why = (f"the model memorised {images}: the validation loss was lowest at epoch {b} and rose to "
                f"{last['val_loss']:.5f} by epoch {last['epoch']} while the training loss fell from "
@@ -237,7 +242,7 @@ def diagnose(history: list[dict[str, float]], baseline: float, n_train: int | No
                "model='restore' (the folders' default), which learns what a defect looks like instead")
     if ok and case == "learned":
         return Diagnosis(True, case, f"{head}: {why}")
-    prefix = "" if ok else "The autoencoder does no better than the mean image. "
+    prefix = "" if ok else f"The {mine} does no better than the {lazy}. "
     return Diagnosis(ok, case, f"{head}. {prefix}{why[0].upper()}{why[1:]}")
 
 
