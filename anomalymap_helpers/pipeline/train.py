@@ -233,7 +233,7 @@ def diagnose(history: list[dict[str, float]], baseline: float, n_train: int | No
         why = (f"both losses were still falling at the last epoch ({last['epoch']}): the model has not finished "
                "learning; train longer (a larger epochs)")
     elif ok:
-        case, why = "learned", "it beats the mean image"
+        case, why = "learned", f"it beats the {lazy}"
     else:
         case = "not learning"
         why = ("neither loss is falling, and the model does no better than the mean image: try another lr "
