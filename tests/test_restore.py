@@ -149,7 +149,7 @@ def test_restore_training_learns_and_resumes_exactly(textures, tmp_path: Path) -
 
 
 def test_the_schedule_of_the_restore_model_sees_more_images() -> None:
-    assert train.schedule_for(180, model="restore") == (train.RESTORE_IMAGES // 180 + 1, 16)
+    assert train.schedule_for(180, model="restore") == (45, 16)  # 40,000 images, 900 an epoch
     assert train.schedule_for(180) == (112, 16)
 
 
