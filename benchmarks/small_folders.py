@@ -29,7 +29,7 @@ import subprocess
 import time
 from typing import Any
 
-COLUMNS = ("roc_auc", "pixel_roc_auc", "aupro", "best_epoch", "epochs", "train_seconds")
+COLUMNS = ("roc_auc", "pixel_roc_auc", "aupro", "best_epoch", "epochs", "train_seconds", "images_per_s")
 
 
 def one_run(checkout: Path, image_dir: Path, seed: int, image_size: int, out: Path, data_dir: Path,
@@ -58,6 +58,8 @@ def one_run(checkout: Path, image_dir: Path, seed: int, image_size: int, out: Pa
     return {
         "roc_auc": m["roc_auc"], "pixel_roc_auc": m["pixel_roc_auc"], "aupro": m["aupro"],
         "best_epoch": best, "epochs": len(history), "train_seconds": sum(float(h["seconds"]) for h in history),
+        "images_per_s": sum(float(h["images_per_s"]) * float(h["seconds"]) for h in history)
+        / max(sum(float(h["seconds"]) for h in history), 1e-9),  # images trained per second of training
     }
 
 
@@ -99,7 +101,7 @@ def _main(args: argparse.Namespace) -> int:
             per_seed = [statistics.mean(float(r[c]) for r in got if r["seed"] == s) for s in range(args.seeds)
                         if any(r["seed"] == s for r in got)]
             means.append(summary(per_seed))
-        print(f"| {label} | mean of folders | {' | '.join(means)} | | | |")
+        print(f"| {label} | mean of folders | {' | '.join(means)} | | | | |")
     return 0
 
 
