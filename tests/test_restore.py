@@ -183,3 +183,19 @@ def test_the_exported_restore_detector_gives_the_segmentation(restore_run_dir: P
     scored = scoring.score(run.model.cpu(), images, precision=FP32)
     np.testing.assert_allclose(own, scored.segmentation.numpy(), rtol=0, atol=1e-5)  # fp32 both ways
     np.testing.assert_allclose(score, scoring.segment_scores(scored.segmentation).numpy(), rtol=0, atol=1e-5)
+
+
+def test_model_auto_is_restore_for_folders_and_the_autoencoder_elsewhere() -> None:
+    from anomalymap_helpers import parameters
+    from anomalymap_helpers.pipeline.model import resolve_model
+    from anomalymap_helpers.tools import training
+
+    values = parameters.validate({}, training.NAMES)
+    assert values["model"] == "auto"
+    assert training.config_for(values, 180, "folder").model == "restore"
+    assert training.config_for(values, 180, "folder").epochs == 45
+    assert training.config_for(values, 48_000, "mnist").model == "ae"
+    assert training.config_for(values, 5_000, "fashion-mnist").model == "ae"
+    assert resolve_model("vae", "folder") == "vae"
+    with pytest.raises(ParameterError, match="model='gan'"):
+        resolve_model("gan", "folder")

@@ -120,7 +120,7 @@ class Run:
 
     @property
     def model_kind(self) -> str:
-        """``"ae"`` or ``"vae"``: the model notebook 02 trained (read from the checkpoint's metadata only)."""
+        """``"ae"``, ``"vae"`` or ``"restore"``: the model notebook 02 trained (read from the checkpoint's metadata only)."""
         return _model_kind(self.files)
 
     def score_method(self, score_method: str = "auto") -> str:
