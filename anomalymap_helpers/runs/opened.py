@@ -41,6 +41,7 @@ class Run:
     splits: dict[str, data.Split]
     manifest: dict[str, Any]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _scorers: dict[float, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(
@@ -94,6 +95,26 @@ class Run:
         with storage.atomic_path(path) as tmp:
             save_file({"latents": latents.contiguous()}, str(tmp), metadata=key)
         return latents
+
+    def scorer(self, blur: float | None = None) -> scoring.Scorer:
+        """The :class:`~anomalymap_helpers.pipeline.scoring.Scorer` notebook 03 fits (made once per blur):
+        on the training normals and their cached latents, standardised on the validation normals
+        scored with ``blur`` (default: 03's ``map_blur``)."""
+        from anomalymap_helpers.pipeline import scoring
+
+        blur = float(self.evaluation.get("map_blur", 0.0)) if blur is None else float(blur)
+        if blur not in self._scorers:
+            val = scoring.score(self.model, self.splits["val"].images, blur=blur)
+            self._scorers[blur] = scoring.Scorer(self.model, self.splits["train"].images, val,
+                                                 reference=self.reference_latents())
+        return self._scorers[blur]
+
+    def predict(self, images: Any, **options: Any) -> Any:
+        """Scores, verdicts and maps of new images with this run's detector: files, a folder, or an
+        array / tensor (see :func:`anomalymap_helpers.runs.predict.predict`, which takes ``options``)."""
+        from anomalymap_helpers.runs.predict import predict
+
+        return predict(self, images, **options)
 
     @cached_property
     def evaluation(self) -> dict[str, Any]:

@@ -49,6 +49,12 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from anomalymap_helpers.tools.predicting import predict_command
+
+    return predict_command(args)
+
+
 def _params(args: argparse.Namespace) -> int:
     from anomalymap_helpers.parameters import markdown_table
 
@@ -133,6 +139,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     exp.add_argument("--mnist-dir", default=None)
     exp.set_defaults(func=_export)
+    pred = sub.add_parser(
+        "predict", help="score new images (files or folders) with a trained run: predictions.csv, flagged figures"
+    )
+    pred.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of them (searched recursively)")
+    pred.add_argument("--results", default="results/default", metavar="DIR", help="a run folder made by notebooks 01-03")
+    pred.add_argument("--out", default=None, metavar="DIR",
+                      help="a new folder for the predictions (default: the first free <results>/predictions-<k>)")
+    pred.add_argument("--batch-size", type=int, default=256, help="images decoded and scored together")
+    pred.add_argument("--device", default="auto")
+    pred.add_argument("--mnist-dir", default=None)
+    pred.set_defaults(func=_predict)
     params = sub.add_parser("params", help="print every notebook parameter as a markdown table")
     params.set_defaults(func=_params)
     example = sub.add_parser(

@@ -1,0 +1,261 @@
+"""A trained run used on new images: scores, verdicts and maps for files, folders or arrays.
+
+``Run.open(dir).predict(images)`` (and ``python -m anomalymap_helpers predict``) scores images
+nobody has labelled with the run's own detector: its model, notebook 03's score method and
+threshold, and the same :class:`~anomalymap_helpers.pipeline.scoring.Scorer` 03 fitted on the
+training and validation normals, so an image gets the score 03 would have given it.
+
+Images that do not match the run are made to: another size is resized to the run's
+(bilinear, as the folder data set resizes its images, whatever the aspect ratio), a colour image
+into a grayscale run is converted to gray and a gray one into a colour run to RGB; each such
+change is said in that image's ``note``. Files are found as the folder data set finds them: the
+image formats Pillow reads by their suffix (``.png``, ``.jpg``, ...), folders searched
+recursively, hidden and system files and anything else (``.txt``, notes) never read. A file that
+cannot be decoded is named and skipped; the others are still scored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anomalymap_helpers.errors import DataError, ParameterError
+
+if TYPE_CHECKING:
+    from anomalymap_helpers.runs.opened import Run
+
+BATCH = 256  # images decoded and scored together
+
+
+@dataclass
+class Predictions:
+    """What :meth:`Run.predict` gives, one entry per image scored.
+
+    Attributes:
+        names: The file of each image (its path), or ``"#k"`` for the k-th array image.
+        scores: ``(N,)`` the run's score (``method``), higher = more anomalous.
+        anomaly: ``(N,)`` bool, ``scores > threshold``.
+        maps: ``(N, 1, H, W)`` the score's map at the run's size: the restore model's segmentation
+            for ``segment``, ``patch-knn``'s and ``latent-knn``'s own maps, else ``|x - x̂|``.
+        percentiles: ``(N,)`` the share (in %) of the run's validation normals that score lower.
+        notes: What was done to each image to fit the run ("" where nothing).
+        threshold: Notebook 03's threshold.
+        method: Notebook 03's score method.
+        skipped: ``(path, why)`` of each file that could not be read.
+        images: ``(N, C, H, W)`` the images as scored, in [0, 1].
+        matches: ``(N,)`` for ``patch-knn``, the position in the training split of each image's
+            best-matching normal; else None.
+    """
+
+    names: list[str]
+    scores: torch.Tensor
+    anomaly: torch.Tensor
+    maps: torch.Tensor
+    percentiles: torch.Tensor
+    notes: list[str]
+    threshold: float
+    method: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    images: torch.Tensor | None = None
+    matches: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def summary(self) -> str:
+        """``37 of 500 flagged at threshold 0.0812 (segment)``, and how many were skipped."""
+        line = f"{int(self.anomaly.sum())} of {len(self)} flagged at threshold {self.threshold:.4g} ({self.method})"
+        if self.skipped:
+            line += f"; {len(self.skipped)} file(s) skipped, unreadable"
+        return line
+
+
+def find_images(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:
+    """The image files among ``inputs`` (files, or folders searched recursively), in order, and
+    the files that are not images (never read).
+
+    Raises:
+        ParameterError: an input does not exist.
+    """
+    from anomalymap_helpers.pipeline.data.folder import IMAGE_SUFFIXES, _is_stray
+
+    found, ignored = [], []
+    for item in map(Path, inputs):
+        if not item.exists():
+            raise ParameterError(f"{item} does not exist: give image files or folders of them")
+        paths = sorted(p for p in item.rglob("*") if p.is_file()) if item.is_dir() else [item]
+        for p in paths:
+            stray = any(_is_stray(Path(part)) for part in p.relative_to(item).parts) if item.is_dir() else _is_stray(p)
+            if not stray and p.suffix.lower() in IMAGE_SUFFIXES:
+                found.append(p)
+            else:
+                ignored.append(str(p))
+    return found, ignored
+
+
+def read_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, str]:
+    """``path`` as ``(C, size, size)`` uint8, as the folder data set reads it, and what was done to it.
+
+    Raises:
+        DataError: the file cannot be decoded (truncated, corrupt, not what its suffix says).
+    """
+    from anomalymap_helpers.pipeline.data.folder import GRAY_MODES, _open, _pixels
+
+    image = _open(path)
+    notes = []
+    if image.size != (size, size):
+        notes.append(f"resized from {image.size[0]}x{image.size[1]} to {size}x{size}")
+    gray = image.mode in GRAY_MODES
+    if gray and channels == 3:
+        notes.append("grayscale converted to RGB")
+    elif not gray and channels == 1:
+        notes.append("colour converted to grayscale")
+    return _pixels(image, size, channels, _NoDigest()), "; ".join(notes)
+
+
+class _NoDigest:
+    def update(self, _: bytes) -> None:
+        pass
+
+
+def from_array(images: Any, size: int, channels: int) -> tuple[torch.Tensor, list[str]]:
+    """A NumPy array or tensor (uint8 0-255 or float 0-1; ``HxW``, ``HxWxC``, ``CxHxW`` or
+    ``NxCxHxW``) as ``(N, channels, size, size)`` float in [0, 1], and the note of each image.
+
+    Raises:
+        ParameterError: another shape, dtype or range, with what the run takes.
+    """
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    shape = tuple(x.shape)
+    if x.ndim == 2:
+        x = x[None, None]
+    elif x.ndim == 3:  # HxWxC when the last axis is small, else CxHxW
+        x = x.permute(2, 0, 1)[None] if x.shape[-1] in (1, 3, 4) and x.shape[0] not in (1, 3, 4) else x[None]
+    if x.ndim != 4 or x.shape[1] not in (1, 3, 4) or 0 in x.shape:
+        raise ParameterError(
+            f"an array of shape {shape} is not images: give HxW, HxWxC, CxHxW or NxCxHxW with C of 1, 3 or 4"
+        )
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    elif x.is_floating_point():
+        x = x.float()
+        if float(x.min()) < 0 or float(x.max()) > 1:
+            raise ParameterError(
+                f"float images must lie in [0, 1], these lie in [{float(x.min()):.3g}, {float(x.max()):.3g}]: "
+                "divide 0-255 values by 255, or pass uint8"
+            )
+    else:
+        raise ParameterError(f"images of dtype {x.dtype}: give uint8 (0-255) or float (0-1)")
+    note = []
+    if x.shape[1] == 4:
+        x, note = x[:, :3], [*note, "alpha dropped"]
+    if x.shape[1] == 3 and channels == 1:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        note.append("colour converted to grayscale")
+    elif x.shape[1] == 1 and channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+        note.append("grayscale converted to RGB")
+    if tuple(x.shape[-2:]) != (size, size):
+        note.append(f"resized from {x.shape[-1]}x{x.shape[-2]} to {size}x{size}")
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    return x.contiguous(), ["; ".join(note)] * len(x)
+
+
+def predict(
+    run: Run,
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | np.ndarray | torch.Tensor,
+    *,
+    batch_size: int = BATCH,
+    on_batch: Callable[[int], None] | None = None,
+) -> Predictions:
+    """Score ``images`` with ``run``'s detector (see :mod:`anomalymap_helpers.runs.predict`).
+
+    Args:
+        run: An opened run scored by notebook 03.
+        images: A file, a folder, a list of files and folders, or an array / tensor of images.
+        batch_size: Images decoded and scored together (the next batch decodes while one is scored).
+        on_batch: Called with the number of images done after each batch (a progress bar).
+
+    Raises:
+        ParameterError: a missing input, an array that is not images, or no image at all.
+        MissingInputError: the run has no model or no evaluation (notebooks 02, 03).
+    """
+    from anomalymap_helpers.pipeline import scoring
+
+    ev = run.evaluation  # 03 first: its score, threshold and blur, before any image is read
+    method, threshold, blur = ev["score"], float(ev["threshold"]), float(ev.get("map_blur", 0.0))
+    _, channels, size, _ = run.splits["test"].images.shape
+    skipped: list[tuple[str, str]] = []
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        x, notes = from_array(images, size, channels)
+        names = [f"#{k}" for k in range(len(x))]
+        batches: Iterable[tuple[torch.Tensor, list[str], list[str]]] = (
+            (x[i : i + batch_size], names[i : i + batch_size], notes[i : i + batch_size])
+            for i in range(0, len(x), batch_size)
+        )
+        total = len(x)
+    else:
+        inputs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+        paths, _ = find_images(inputs)
+        if not paths:
+            raise ParameterError(f"no image files in {', '.join(map(str, inputs))} (looked for .png, .jpg, ...)")
+        batches, total = _decoded(paths, size, channels, batch_size, skipped), len(paths)
+    scorer = run.scorer(blur)
+    own = None if method == "segment" else run.score_maps(method)
+    val = scoring.read_scores(run.files.require(run.files.scores, "03_evaluation"), "val")[1]
+    out: dict[str, list[Any]] = {k: [] for k in ("names", "notes", "scores", "maps", "images", "matches")}
+    for x, names, notes in batches:
+        if not len(x):
+            continue
+        scored = scoring.score(run.model, x, blur=blur)
+        out["scores"].append(scorer.all_scores(scored)[method])
+        if isinstance(own, scoring.PatchKnn):
+            maps, match = own.explain(x)
+            out["matches"].append(match)
+        else:
+            maps = scored.pixel_maps(method) if own is None else own(x)
+        out["maps"].append(maps.float())
+        out["images"].append(x)
+        out["names"] += names
+        out["notes"] += notes
+        if on_batch is not None:
+            on_batch(len(out["names"]) + len(skipped))
+    if not out["names"]:
+        raise DataError(f"none of the {total} image file(s) could be read: " + "; ".join(w for _, w in skipped[:3]))
+    scores = torch.cat(out["scores"])
+    return Predictions(
+        out["names"], scores, scores > threshold, torch.cat(out["maps"]),
+        (val[None, :] < scores[:, None]).float().mean(1) * 100, out["notes"], threshold, method, skipped,
+        torch.cat(out["images"]), torch.cat(out["matches"]) if out["matches"] else None,
+    )
+
+
+def _decoded(paths: list[Path], size: int, channels: int, batch_size: int, skipped: list[tuple[str, str]]
+             ) -> Iterable[tuple[torch.Tensor, list[str], list[str]]]:
+    """Batches of ``paths`` decoded by two threads, the next batch while the caller scores this one."""
+
+    def one(p: Path) -> tuple[Path, np.ndarray | None, str]:
+        try:
+            a, note = read_image(p, size, channels)
+            return p, a, note
+        except DataError as exc:
+            return p, None, str(exc)
+
+    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending = list(pool.map(one, chunks[0])) if chunks else []
+        for k in range(len(chunks)):
+            following = pool.map(one, chunks[k + 1]) if k + 1 < len(chunks) else iter(())
+            good = [(p, a, n) for p, a, n in pending if a is not None]
+            skipped += [(str(p), why) for p, a, why in pending if a is None]
+            x = torch.from_numpy(np.stack([a for _, a, _ in good])).float() / 255.0 if good else torch.empty(0)
+            yield x, [str(p) for p, _, _ in good], [n for _, _, n in good]
+            pending = list(following)

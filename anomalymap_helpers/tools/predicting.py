@@ -1,0 +1,105 @@
+"""``python -m anomalymap_helpers predict``: a trained run on new images, into a folder of its own.
+
+``predict --results RUN IMAGES... [--out DIR]`` scores every image file among IMAGES (files, or
+folders searched recursively; see :mod:`anomalymap_helpers.runs.predict`) and writes, into a new
+folder (``--out``, refused if it exists and is not empty; by default the first free
+``<RUN>/predictions-<k>``, so a second call never mixes its rows with an earlier one's):
+
+- ``predictions.csv``: ``path, score, verdict, threshold, percentile, note``, one row per image;
+  ``percentile`` is the share of the run's validation normals that score lower;
+- ``flagged/``: for each image called an anomaly, the image, its map over it and, where the score
+  has one, its best-matching normal training image;
+- ``skipped.csv``: each file that could not be read, and why (only when there are some).
+
+The folder is built beside its place and renamed into it at the end, so it is never half written.
+It prints what it did to images that did not fit the run, each skipped file, and a summary line
+(``37 of 500 flagged at threshold 0.0812``). Exit status: 0, or 3 when some files were skipped
+(the others are scored), 2 for bad arguments, 1 for a run that is not ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+from anomalymap_helpers.files import storage
+
+SKIPPED_EXIT = 3
+
+
+def free_folder(root: Path, stem: str = "predictions") -> Path:
+    """The first ``root/<stem>-<k>`` (k = 1, 2, ...) that does not exist."""
+    k = 1
+    while (root / f"{stem}-{k}").exists():
+        k += 1
+    return root / f"{stem}-{k}"
+
+
+def _flagged_figure(p, i: int, train_images):  # noqa: ANN001, ANN202 - Predictions, a Figure
+    from anomalymap_helpers.pipeline import plotting
+
+    panels = [("input", plotting.displayable(p.images[i : i + 1])[0], None)]
+    panels.append((f"map ({p.method})", plotting.displayable(p.maps[i : i + 1])[0], "inferno"))
+    if p.matches is not None:
+        panels.append(("best normal match", plotting.displayable(train_images[int(p.matches[i])][None])[0], None))
+    fig = plotting.NotebookFigure(figsize=(2.6 * len(panels), 2.9), layout="constrained")
+    for ax, (title, image, cmap) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
+        if cmap:
+            ax.imshow(plotting.displayable(p.images[i : i + 1])[0], cmap="gray" if image.ndim == 2 else None)
+            ax.imshow(image, cmap=cmap, alpha=0.55)
+        else:
+            plotting.show_image(ax, image)
+        ax.set_title(title, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{Path(p.names[i]).name}: {p.method} {float(p.scores[i]):.4g} > threshold {p.threshold:.4g}",
+                 fontsize=8)
+    return fig
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """The ``predict`` verb; returns the exit status."""
+    from anomalymap_helpers.pipeline.progress import headless, progress_bar
+    from anomalymap_helpers.runs.opened import Run
+    from anomalymap_helpers.runs.predict import find_images
+
+    run = Run.open(args.results, mnist_dir=args.mnist_dir, device=args.device)
+    run.evaluation  # noqa: B018 - refuse a run that 03 has not scored before any image is read
+    run.files.require(run.files.model, "02_training")
+    paths, ignored = find_images(args.images)  # a missing input is refused here, before any work
+    out = Path(args.out) if args.out else free_folder(run.files.root)
+    with storage.new_folder(out) as build:
+        plain = headless()
+        bar = progress_bar(len(paths), "images", disable=plain)
+        done = [0]
+
+        def on_batch(n: int) -> None:
+            bar.update(n - done[0])
+            done[0] = n
+            if plain:
+                print(f"scored {n:,} of {len(paths):,} images", flush=True)
+
+        p = run.predict(args.images, batch_size=args.batch_size, on_batch=on_batch)
+        bar.close()
+        storage.write_csv(
+            build / "predictions.csv", ["path", "score", "verdict", "threshold", "percentile", "note"],
+            ([n, f"{float(s):.6g}", "anomaly" if a else "normal", f"{p.threshold:.6g}", f"{float(q):.1f}", note]
+             for n, s, a, q, note in zip(p.names, p.scores, p.anomaly, p.percentiles, p.notes, strict=True)),
+        )
+        if p.skipped:
+            storage.write_csv(build / "skipped.csv", ["path", "why"], p.skipped)
+        train_images = run.splits["train"].images
+        for i in map(int, p.anomaly.nonzero().flatten()):
+            fig = _flagged_figure(p, i, train_images)
+            storage.save_figure(fig, build / "flagged" / f"{i:05d}_{Path(p.names[i]).stem}.png", dpi=100)
+    if ignored:
+        print(f"ignored {len(ignored)} file(s) that are not images (never read): {', '.join(ignored[:5])}"
+              + (" ..." if len(ignored) > 5 else ""))
+    for note, count in Counter(n for n in p.notes if n).items():
+        print(f"{count} image(s): {note}")
+    for path, why in p.skipped:
+        print(f"skipped {path}: {why}")
+    print(p.summary())
+    print(f"wrote {out}/predictions.csv" + (f" and {int(p.anomaly.sum())} figure(s) in {out}/flagged/" if p.anomaly.any() else ""))
+    return SKIPPED_EXIT if p.skipped else 0
