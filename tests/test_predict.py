@@ -1,0 +1,153 @@
+"""predict on new images: the run's own scores for the same images read back from PNG, the ONNX
+detector's, and every kind of input that does not fit the run."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from anomalymap_helpers.errors import ParameterError
+from anomalymap_helpers.pipeline import scoring
+from anomalymap_helpers.runs.opened import Run
+from anomalymap_helpers.tools.cli import main
+
+from .conftest import TOLERANCE
+
+
+def write_pngs(images: torch.Tensor, folder: Path) -> list[Path]:
+    """``(N, C, H, W)`` images in [0, 1] as 8-bit PNGs, named by position."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, x in enumerate(images):
+        a = (x * 255).round().to(torch.uint8).numpy()
+        p = folder / f"{k:04d}.png"
+        Image.fromarray(a[0] if len(a) == 1 else a.transpose(1, 2, 0)).save(p)
+        paths.append(p)
+    return paths
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("which", ["run_dir", "folder_run_dir", "restore_run_dir"])
+def test_predict_gives_the_runs_own_test_scores_for_its_test_images_read_back(
+    which: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    run_dir = request.getfixturevalue(which)
+    run = Run.open(run_dir, device="cpu")
+    test = run.splits["test"]
+    n = min(len(test), 120)
+    write_pngs(test.images[:n], tmp_path / "png")
+    out = tmp_path / "pred"
+    assert main(["predict", "--results", str(run_dir), str(tmp_path / "png"), "--out", str(out)]) == 0
+    rows = _rows(out / "predictions.csv")
+    assert [Path(r["path"]).name for r in rows] == [f"{k:04d}.png" for k in range(n)]
+    got = np.array([float(r["score"]) for r in rows])
+    theirs = run.test_scores[:n].numpy()
+    # The same pixels and the same scoring path as 03; in bf16 the batches differ (256 here, 512 in
+    # 03), which may round differently: within bf16's relative step, else float rounding.
+    precision = scoring.inference_precision(run.device).name
+    rtol, atol = TOLERANCE[precision]
+    close = np.isclose(got, theirs, rtol=rtol, atol=atol * float(np.abs(theirs).max()))
+    if run.evaluation["score"] == "patch-knn":  # a tie among the 10 nearest normals may pick another
+        assert close.mean() >= 0.99
+    else:
+        assert close.all(), np.abs(got - theirs).max()
+    threshold = run.evaluation["threshold"]
+    agree = (got > threshold) == (theirs > threshold)
+    assert agree.mean() >= 0.99
+    assert all(r["verdict"] == ("anomaly" if float(r["score"]) > threshold else "normal") for r in rows)
+    assert all(float(r["threshold"]) == pytest.approx(threshold, rel=1e-5) for r in rows)
+    flagged = sorted((out / "flagged").glob("*.png")) if (out / "flagged").exists() else []
+    assert len(flagged) == sum(r["verdict"] == "anomaly" for r in rows)
+    # the percentile is the share of validation normals scoring lower
+    val = scoring.read_scores(run.files.scores, "val")[1].numpy()
+    k = int(np.argmax(got))
+    assert float(rows[k]["percentile"]) == pytest.approx(100 * float((val < got[k]).mean()), abs=0.05)
+
+
+def test_the_onnx_detector_agrees_with_predict(folder_run_dir: Path, tmp_path: Path) -> None:
+    run = Run.open(folder_run_dir, device="cpu")
+    paths = write_pngs(run.splits["test"].images[:40], tmp_path / "png")
+    p = run.predict(tmp_path / "png")
+    assert main(["export", "--results", str(folder_run_dir), "--out", str(tmp_path / "d.onnx")]) == 0
+    session = ort.InferenceSession(str(tmp_path / "d.onnx"), providers=["CPUExecutionProvider"])
+    x = np.stack([np.asarray(Image.open(q).convert("RGB")).transpose(2, 0, 1) for q in paths])
+    _, onnx_scores, _ = session.run(["map", "score", "score_map"], {"images": x})
+    precision = scoring.inference_precision(run.device).name
+    rtol, atol = TOLERANCE[precision]  # ONNX in fp32, predict in the CPU's inference precision
+    np.testing.assert_allclose(p.scores.numpy(), onnx_scores, rtol=rtol, atol=atol * float(np.abs(onnx_scores).max()))
+
+
+def test_a_mixed_folder_scores_what_it_can_and_says_what_it_did(folder_run_dir: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    run = Run.open(folder_run_dir, device="cpu")
+    mixed = tmp_path / "today"
+    write_pngs(run.splits["test"].images[:3], mixed)
+    good = (mixed / "0000.png").read_bytes()
+    (mixed / "truncated.png").write_bytes(good[: len(good) // 3])
+    (mixed / "notes.txt").write_text("not an image\n")
+    (mixed / "sub").mkdir()
+    Image.fromarray((np.random.default_rng(0).random((30, 40, 3)) * 255).astype(np.uint8)).save(mixed / "sub" / "small.jpg")
+    Image.fromarray((run.splits["test"].images[0].mean(0) * 255).round().to(torch.uint8).numpy()).save(mixed / "gray.png")
+    out = tmp_path / "out"
+    status = main(["predict", "--results", str(folder_run_dir), str(mixed), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert status == 3  # some skipped, the others scored
+    rows = {Path(r["path"]).name: r for r in _rows(out / "predictions.csv")}
+    assert set(rows) == {"0000.png", "0001.png", "0002.png", "small.jpg", "gray.png"}
+    assert rows["small.jpg"]["note"] == "resized from 40x30 to 32x32"
+    assert rows["gray.png"]["note"] == "grayscale converted to RGB"
+    assert rows["0000.png"]["note"] == ""
+    assert "skipped" in printed and "truncated.png" in printed and "notes.txt" in printed
+    assert "of 5 flagged at threshold" in printed and "1 file(s) skipped" in printed
+    assert [r["path"] for r in _rows(out / "skipped.csv")] == [str(mixed / "truncated.png")]
+    # A second call never mixes its rows into the first's: into the same --out it is refused,
+    # leaving the first untouched; without --out each call gets a new folder.
+    before = (out / "predictions.csv").read_bytes()
+    assert main(["predict", "--results", str(folder_run_dir), str(mixed), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "predictions.csv").read_bytes() == before
+    for k in (1, 2):
+        assert main(["predict", "--results", str(folder_run_dir), str(mixed / "0000.png")]) == 0
+        assert (folder_run_dir / f"predictions-{k}" / "predictions.csv").exists()
+
+
+def test_bad_inputs_are_refused_before_any_work(folder_run_dir: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "never"
+    assert main(["predict", "--results", str(folder_run_dir), str(tmp_path / "nothing-here"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err and not out.exists()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("x")
+    assert main(["predict", "--results", str(folder_run_dir), str(tmp_path / "notes"), "--out", str(out)]) == 2
+    assert "no image files" in capsys.readouterr().err and not out.exists()
+    assert main(["predict", "--results", str(tmp_path), str(tmp_path / "notes")]) == 1  # not a run folder
+    assert "01_data" in capsys.readouterr().err
+
+
+def test_arrays_and_tensors_of_any_layout(folder_run_dir: Path) -> None:
+    run = Run.open(folder_run_dir, device="cpu")
+    x = run.splits["test"].images[:4]
+    base = run.predict(x)
+    as_uint8 = (x * 255).round().to(torch.uint8)
+    hwc = run.predict(as_uint8[0].permute(1, 2, 0).numpy())  # H x W x C uint8
+    assert len(hwc) == 1 and hwc.notes == [""]
+    torch.testing.assert_close(hwc.scores, run.predict(as_uint8[:1].float() / 255).scores)
+    torch.testing.assert_close(base.scores, run.predict(x.numpy()).scores)
+    gray = run.predict(as_uint8[0, 0].numpy())  # H x W: one gray image into an RGB run
+    assert gray.notes == ["grayscale converted to RGB"] and gray.maps.shape == (1, 1, 32, 32)
+    big = run.predict(torch.nn.functional.interpolate(x, size=(48, 64), mode="bilinear"))
+    assert big.notes[0] == "resized from 64x48 to 32x32" and len(big) == 4
+    with pytest.raises(ParameterError, match=r"must lie in \[0, 1\]"):
+        run.predict(x * 255)
+    with pytest.raises(ParameterError, match="is not images"):
+        run.predict(np.zeros((2, 5, 32, 32), dtype=np.uint8))
