@@ -304,6 +304,10 @@ PARAMETERS: tuple[Parameter, ...] = (
         ("04",), "`per-image`, `global`", _one_of(_scales),
     ),
     Parameter(
+        "predict_images", str, "", "image files or a folder to score with this run, as predict does (\"\": six test images saved as PNG)",
+        ("04",), "\"\" or a file or folder", None,
+    ),
+    Parameter(
         "tsne_samples", int, 500, "cap on test images per kind (normal, anomaly) in the t-SNE",
         ("05",), "2 or more", lambda n, v: _positive_int(n, v, 2),
     ),

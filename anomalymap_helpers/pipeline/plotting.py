@@ -119,6 +119,24 @@ def damage_grid(images: Any, damaged: Any, masks: Any) -> Figure:
     return fig
 
 
+def prediction_grid(images: Any, maps: Any, captions: Sequence[str]) -> Figure:
+    """Two rows: new images ``(N, C, H, W)`` above, each with its map ``(N, 1, H, W)`` over it below."""
+    a, m = displayable(images), displayable(maps)
+    fig = NotebookFigure(figsize=(len(a) * 1.5, 3.4), layout="constrained")
+    grid = fig.subplots(2, len(a), squeeze=False)
+    for col in range(len(a)):
+        for row in range(2):
+            ax = grid[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            show_image(ax, a[col])
+        grid[1, col].imshow(m[col], cmap="inferno", alpha=0.55)
+        grid[0, col].set_title(captions[col], fontsize=7)
+    grid[0, 0].set_ylabel("image", fontsize=8)
+    grid[1, 0].set_ylabel("map", fontsize=8)
+    return fig
+
+
 def loss_curves(history: Sequence[dict[str, float]], best_epoch: int | None = None,
                 ylabel: str = "mean squared error") -> Figure:
     """Training and validation loss per epoch; ``best_epoch`` (the weights kept) marked."""

@@ -78,6 +78,21 @@ class Predictions:
         return line
 
 
+def write_pngs(images: torch.Tensor, folder: str | os.PathLike[str]) -> list[Path]:
+    """``(N, C, H, W)`` images in [0, 1] as 8-bit PNG files ``0000.png``, ... in ``folder`` (made if needed)."""
+    from PIL import Image
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, x in enumerate(images):
+        a = (x * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        path = out / f"{k:04d}.png"
+        Image.fromarray(a[0] if len(a) == 1 else a.transpose(1, 2, 0)).save(path)
+        paths.append(path)
+    return paths
+
+
 def find_images(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:
     """The image files among ``inputs`` (files, or folders searched recursively), in order, and
     the files that are not images (never read).
