@@ -135,6 +135,30 @@ def test_explorer_renders_and_responds_in_jupyterlab(lab: tuple[str, Path], tmp_
                 expect(status).to_contain_text(f"threshold {t:.5f}", timeout=15_000)
                 expect(page.locator(".anomalymap-rule button.mod-active")).to_have_text(rule, timeout=15_000)
             assert page.get_by_text("Error displaying widget").count() == 0
+
+            # An image file dropped into the upload control gets predict's verdict and score.
+            from anomalymap_helpers.runs.opened import Run
+            from anomalymap_helpers.runs.predict import write_pngs
+
+            run = Run.open(run_dir, device="cpu")
+            top = int(test_scores.argmax())  # the run's most anomalous test image, as a new file
+            (upload,) = write_pngs(run.splits["test"].images[top : top + 1], tmp_path / "new")
+            expected = run.predict(upload)
+            verdict = "ANOMALY" if bool(expected.anomaly[0]) else "NORMAL"
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=60_000)
+            button = page.locator(".anomalymap-upload").first
+            button.scroll_into_view_if_needed()
+            with page.expect_file_chooser(timeout=30_000) as chooser:  # the file dialog a person would use
+                button.click()
+            chooser.value.set_files(str(upload))
+            up = page.locator(".anomalymap-upload_status")
+            expect(up).to_contain_text(f"uploaded {upload.name}", timeout=60_000)
+            expect(up).to_contain_text(verdict)
+            expect(up).to_contain_text(f"{float(expected.scores[0]):.5f}")
+            expect(page.locator("img.anomalymap-upload_view")).to_be_visible(timeout=15_000)
+            page.locator("img.anomalymap-upload_view").scroll_into_view_if_needed()
+            page.screenshot(path=str(shots / "explorer_upload.png"), full_page=True)
+            assert page.get_by_text("Error displaying widget").count() == 0
         except Exception:
             page.screenshot(path=str(shots / "failure.png"), full_page=True)
             raise

@@ -199,7 +199,15 @@ class Run:
             rules=self.threshold_rules(),
             score_maps=None if maps is None else lambda i: explained(i)[0],
             nearest=best_match if isinstance(maps, scoring.PatchKnn) else None,
+            predict=self._predict_one,
         )
+
+    def _predict_one(self, path: str) -> tuple[Any, Any]:
+        """An image file's :class:`~anomalymap_helpers.runs.predict.Predictions` and its best normal
+        match (a training image, where the score has one): what the explorer's upload control shows."""
+        p = self.predict(path)
+        match = self.splits["train"].images[int(p.matches[0])] if p.matches is not None and len(p) else None
+        return p, match
 
     def score_maps(self, method: str) -> scoring.PatchKnn | scoring.LatentKnnMaps | None:
         """The map of ``method`` itself where it is not read off the reconstruction error, else None.

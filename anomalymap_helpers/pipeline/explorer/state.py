@@ -70,6 +70,7 @@ class ExplorerState:
         rules: dict[str, float] | None = None,
         score_maps: Callable[[int], np.ndarray] | None = None,
         nearest: Callable[[int], tuple[Any, str]] | None = None,
+        predict: Callable[[str], tuple[Any, Any]] | None = None,
     ) -> None:
         if scale not in plotting.SCALES:
             raise ParameterError(f"heatmap_scale={scale!r}: use one of {list(plotting.SCALES)}")
@@ -92,6 +93,8 @@ class ExplorerState:
         self.position = 0
         self._score_maps, self._score_map_cache = score_maps, {}
         self._nearest, self._nearest_cache = nearest, {}
+        # A new image file's (Predictions, best normal match or None): the upload control's; None hides it.
+        self.predict_file = predict
 
     # ------------------------------------------------------------------ state and what follows from it
 

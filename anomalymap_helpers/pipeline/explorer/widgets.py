@@ -8,10 +8,12 @@ decides a verdict or a gallery.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from anomalymap_helpers.errors import AnomalyMapError
 from anomalymap_helpers.pipeline import plotting
 from anomalymap_helpers.pipeline.explorer import render
 from anomalymap_helpers.pipeline.explorer.state import GALLERIES
@@ -77,6 +79,10 @@ class ExplorerWidgets:
             "gallery": w.Dropdown(options=[(v, k) for k, v in GALLERIES.items()], value="top", description="gallery"),
             "strip": w.Image(format="png"),
             "picks": w.ToggleButtons(options=[], description="open", style={"button_width": "84px"}),
+            "upload": w.FileUpload(accept=".png,.jpg,.jpeg,.bmp,.tif,.tiff", multiple=False,
+                                   description="score an image"),
+            "upload_status": w.HTML(),
+            "upload_view": w.Image(format="png"),
         }
         css = {"strip": "gallery-strip", "picks": "gallery-open"}
         for name, widget in c.items():
@@ -88,6 +94,7 @@ class ExplorerWidgets:
         c["rule"].observe(self.on_rule, names="value")
         c["gallery"].observe(self.regallery, names="value")
         c["picks"].observe(self.open_pick, names="value")
+        c["upload"].observe(self.on_upload, names="value")
         # Drawn once, with the rules' lines and 03's threshold: redrawn on every threshold change,
         # it made thresholds typed into the slider's readout land wrong in the browser test.
         c["histogram"].value = render.histogram_png(ex)
@@ -106,6 +113,7 @@ class ExplorerWidgets:
                 c["gallery"],
                 c["strip"],
                 c["picks"],
+                *([w.HBox([c["upload"], c["upload_status"]]), c["upload_view"]] if ex.predict_file else []),
             ]
         )
         self.box.add_class("anomalymap-explorer")
@@ -158,6 +166,39 @@ class ExplorerWidgets:
         if self.controls["subset"].value != "all":
             self.controls["subset"].value = "all"  # on_subset resets the slider; then jump
         self.controls["image"].value = int(position)
+
+    def on_upload(self, change: Any) -> None:
+        """Score an image file dropped into the upload control, as ``predict`` does, and show it."""
+        import tempfile
+
+        files = change["new"]
+        if not files or self.ex.predict_file is None:
+            return
+        f = files[0]
+        name = Path(f["name"]).name
+        c = self.controls
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(bytes(f["content"]))
+            try:
+                p, match = self.ex.predict_file(str(path))
+            except AnomalyMapError as exc:  # not an image, unreadable: say so, keep the explorer
+                c["upload_status"].value = f"<b style='color:{plotting.ANOMALY_COLOR}'>cannot score {name}</b>: {exc}"
+                c["upload_view"].value = b""
+                return
+        if p.skipped or not len(p):
+            why = p.skipped[0][1] if p.skipped else "no image in it"
+            c["upload_status"].value = f"<b style='color:{plotting.ANOMALY_COLOR}'>cannot score {name}</b>: {why}"
+            c["upload_view"].value = b""
+            return
+        verdict = "anomaly" if bool(p.anomaly[0]) else "normal"
+        color = plotting.ANOMALY_COLOR if verdict == "anomaly" else plotting.NORMAL_COLOR
+        note = f" ({p.notes[0]})" if p.notes[0] else ""
+        c["upload_status"].value = (
+            f"<b style='color:{color}'>{verdict.upper()}</b> &nbsp; uploaded {name}{note}: {p.method} "
+            f"{float(p.scores[0]):.5f} {'>' if verdict == 'anomaly' else '<='} threshold {p.threshold:.5f}"
+        )
+        c["upload_view"].value = render.prediction_png(p, match)
 
     def on_subset(self, _: Any) -> None:
         self.controls["image"].max = len(self.ex.positions(self.controls["subset"].value)) - 1
