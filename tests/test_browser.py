@@ -155,9 +155,11 @@ def test_explorer_renders_and_responds_in_jupyterlab(lab: tuple[str, Path], tmp_
             expect(up).to_contain_text(f"uploaded {upload.name}", timeout=60_000)
             expect(up).to_contain_text(verdict)
             expect(up).to_contain_text(f"{float(expected.scores[0]):.5f}")
-            expect(page.locator("img.anomalymap-upload_view")).to_be_visible(timeout=15_000)
-            page.locator("img.anomalymap-upload_view").scroll_into_view_if_needed()
-            page.screenshot(path=str(shots / "explorer_upload.png"), full_page=True)
+            page.wait_for_function(  # the uploaded image's view has arrived and decoded
+                "() => { const i = document.querySelector('img.anomalymap-upload_view'); return i && i.naturalWidth > 0; }",
+                timeout=30_000,
+            )
+            page.locator(".anomalymap-explorer").screenshot(path=str(shots / "explorer_upload.png"))
             assert page.get_by_text("Error displaying widget").count() == 0
         except Exception:
             page.screenshot(path=str(shots / "failure.png"), full_page=True)

@@ -194,11 +194,11 @@ class ExplorerWidgets:
         verdict = "anomaly" if bool(p.anomaly[0]) else "normal"
         color = plotting.ANOMALY_COLOR if verdict == "anomaly" else plotting.NORMAL_COLOR
         note = f" ({p.notes[0]})" if p.notes[0] else ""
+        c["upload_view"].value = render.prediction_png(p, match)  # the picture first, then the line that says so
         c["upload_status"].value = (
             f"<b style='color:{color}'>{verdict.upper()}</b> &nbsp; uploaded {name}{note}: {p.method} "
             f"{float(p.scores[0]):.5f} {'>' if verdict == 'anomaly' else '<='} threshold {p.threshold:.5f}"
         )
-        c["upload_view"].value = render.prediction_png(p, match)
 
     def on_subset(self, _: Any) -> None:
         self.controls["image"].max = len(self.ex.positions(self.controls["subset"].value)) - 1
