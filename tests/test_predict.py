@@ -151,3 +151,12 @@ def test_arrays_and_tensors_of_any_layout(folder_run_dir: Path) -> None:
         run.predict(x * 255)
     with pytest.raises(ParameterError, match="is not images"):
         run.predict(np.zeros((2, 5, 32, 32), dtype=np.uint8))
+
+
+def test_the_speed_benchmark_times_files_against_memory(folder_run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.predict_speed import main as speed
+
+    assert speed(["--results", str(folder_run_dir), "--images", "30", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "30 images 3x32x32" in out and "same scores: True" in out
+    assert "predict on PNG files (decode included):" in out and "images/s" in out
