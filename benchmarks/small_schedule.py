@@ -69,9 +69,10 @@ def _main(args: argparse.Namespace) -> int:
             rows.append(row)
             done_file.write_text(json.dumps(rows, indent=2))
             print(row, flush=True)
-    print("\n| folder | setting | best val MSE | mean image | best / last epoch | training s |\n|---|---|---:|---:|---|---:|")
-    for r in rows:
-        print(f"| {r['folder']} | {r['setting']} | {r['best_val_loss']:.5f} | {r['mean_image']:.5f} | "
+    print("\n| folder | seed | setting | best val MSE | mean image | best / last epoch | training s |\n"
+          "|---|---:|---|---:|---:|---|---:|")
+    for r in sorted(rows, key=lambda r: (r["folder"], r["seed"])):
+        print(f"| {r['folder']} | {r['seed']} | {r['setting']} | {r['best_val_loss']:.5f} | {r['mean_image']:.5f} | "
               f"{r['best_epoch']}/{r['epochs']} | {r['seconds']:.0f} |")
     # The choice: the lowest best validation MSE as a share of the mean image's, over folders and seeds.
     print("\n| setting | best val MSE / mean image's (mean ± std over folders x seeds) | training s (mean) | runs |\n|---|---:|---:|---:|")
