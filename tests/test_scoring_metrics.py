@@ -349,5 +349,5 @@ def test_a_new_score_is_one_entry_in_the_registry(monkeypatch: pytest.MonkeyPatc
     assert s.val_scores["max-error"].shape == (6,)
     torch.testing.assert_close(everything["topk"], scoring.topk_scores(scored.maps, 10))
     torch.testing.assert_close(everything["latent-knn"], scoring.knn_distances(s.reference, scored.latents, 2))
-    assert set(everything) == set(scoring.METHODS) | {"max-error"}  # elbo only for a VAE
-    assert [n for n, m in scoring.REGISTRY.items() if m.own_map] == ["latent-knn", "patch-knn"]
+    assert set(everything) == set(scoring.METHODS) | {"max-error"}  # elbo only for a VAE, segment for restore
+    assert [n for n, m in scoring.REGISTRY.items() if m.own_map] == ["latent-knn", "patch-knn", "segment"]
