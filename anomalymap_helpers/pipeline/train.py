@@ -367,6 +367,12 @@ def training_step(
         elements = (global_batch or len(batch)) * batch[0].numel()
         loss = squared * (size / elements)
         value = distributed.all_sum(squared).item() / elements
+    return _optimizer_step(optimizer, scaler, loss, value)
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor,
+                    value: float) -> float:
+    """Step on ``loss`` unless its ``value`` is NaN or infinite; return ``value``."""
     if math.isfinite(value):
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -383,12 +389,7 @@ def _step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, total:
     total = total * (1.0 if counts else 0.0)
     loss = total * (size / elements)
     value = (distributed.all_sum(total.detach()).item() if size > 1 else total.item()) / elements
-    if math.isfinite(value):
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    return value
+    return _optimizer_step(optimizer, scaler, loss, value)
 
 
 FOCAL_GAMMA = 2.0  # the segmentation loss's focus on hard pixels (DRAEM's focal loss)
