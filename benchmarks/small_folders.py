@@ -5,7 +5,8 @@ Runs the whole series with its defaults (nothing but ``dataset folder``, ``image
 this one against an older commit in a ``git worktree``), and prints per checkout and folder the
 image ROC-AUC, pixel ROC-AUC, AUPRO, the best and last epoch and the training seconds, as mean ±
 sample std over the seeds. A stopped benchmark resumes: a run folder with its ``metrics.json``
-is read, not run again.
+is read, not run again, and a run that failed (its log, no ``metrics.json``) is reported, not
+retried (delete its folder and log to retry).
 
     python benchmarks/small_folders.py --image-dir data/example-textures/{wood,fabric,metal} \\
         --checkout now=. --checkout before=/tmp/before --seeds 3 --out results/small-folders
@@ -36,6 +37,10 @@ def one_run(checkout: Path, image_dir: Path, seed: int, image_size: int, out: Pa
             params: dict[str, str] | None = None) -> dict[str, Any]:
     """The series in ``checkout`` on ``image_dir`` with ``seed`` (and ``params``) into ``out`` (kept if already done)."""
     metrics = out / "metrics.json"
+    log = out.parent / f"{out.name}.log"
+    if not metrics.exists() and log.exists():  # failed before: read, not retried (delete the folder to retry)
+        tail = log.read_text().strip().splitlines()[-3:]
+        return {"failed": " | ".join(tail), "seconds": 0.0}
     if not metrics.exists():
         cmd = [sys.executable, "-m", "anomalymap_helpers", "run", "--results", str(out), "-p", "dataset", "folder",
                "-p", "image_dir", str(image_dir), "-p", "image_size", str(image_size), "-p", "seed", str(seed),
