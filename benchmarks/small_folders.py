@@ -107,7 +107,34 @@ def _main(args: argparse.Namespace) -> int:
                         if any(r["seed"] == s for r in got)]
             means.append(summary(per_seed))
         print(f"| {label} | mean of folders | {' | '.join(means)} | | | | |")
+    for label in args.per_type or []:
+        per_type(out, label, [Path(d).name for d in args.image_dir], args.seeds)
     return 0
+
+
+def per_type(out: Path, label: str, folders: list[str], seeds: int) -> None:
+    """Print, for one checkout or variant, each defect type's image ROC-AUC / pixel ROC-AUC / AUPRO per
+    folder, the mean over the seeds whose notebook 03 wrote ``per_type.csv``."""
+    rows: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    for folder in folders:
+        for seed in range(seeds):
+            path = out / f"{label}-{folder}-seed{seed}" / "per_type.csv"
+            if path.exists():
+                with open(path, newline="") as fh:
+                    for r in csv.DictReader(fh):
+                        if r["kind"] == "anomaly" and "pixel_roc_auc" in r:
+                            rows.setdefault((folder, r["name"]), []).append(
+                                (float(r["roc_auc"]), float(r["pixel_roc_auc"]), float(r["aupro"])))
+    types = sorted({t for _, t in rows})
+    print(f"\n{label}: image ROC-AUC / pixel ROC-AUC / AUPRO per defect type, mean over seeds\n")
+    print(f"| folder | {' | '.join(types)} |\n|---|{'---:|' * len(types)}")
+    for folder in folders:
+        cells = []
+        for t in types:
+            v = rows.get((folder, t), [])
+            cells.append(" / ".join(f"{statistics.mean(x[j] for x in v):.{2 if j == 0 else 3}f}" for j in range(3))
+                         if v else "-")
+        print(f"| {folder} | {' | '.join(cells)} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a checkout to run the series in (repeatable; default now=.)")
     parser.add_argument("--variant", nargs=2, action="append", metavar=("LABEL", "NAME=VALUE,..."),
                         help="a run of this checkout with some parameters set, e.g. restore model=restore (repeatable)")
+    parser.add_argument("--per-type", action="append", metavar="LABEL",
+                        help="then each defect type's figures for this checkout or variant (repeatable)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--out", default="results/small-folders", metavar="DIR")
