@@ -143,6 +143,9 @@ def test_arrays_and_tensors_of_any_layout(folder_run_dir: Path) -> None:
     assert len(hwc) == 1 and hwc.notes == [""]
     torch.testing.assert_close(hwc.scores, run.predict(as_uint8[:1].float() / 255).scores)
     torch.testing.assert_close(base.scores, run.predict(x.numpy()).scores)
+    many = run.predict(x.repeat(3, 1, 1, 1), batch_size=5)  # several batches: every image scored, in order
+    assert many.names == [f"#{k}" for k in range(12)]
+    torch.testing.assert_close(many.scores, base.scores.repeat(3))
     gray = run.predict(as_uint8[0, 0].numpy())  # H x W: one gray image into an RGB run
     assert gray.notes == ["grayscale converted to RGB"] and gray.maps.shape == (1, 1, 32, 32)
     big = run.predict(torch.nn.functional.interpolate(x, size=(48, 64), mode="bilinear"))

@@ -210,13 +210,13 @@ def predict(
     _, channels, size, _ = run.splits["test"].images.shape
     skipped: list[tuple[str, str]] = []
     if isinstance(images, (np.ndarray, torch.Tensor)):
-        x, notes = from_array(images, size, channels)
-        names = [f"#{k}" for k in range(len(x))]
-        batches: Iterable[tuple[torch.Tensor, list[str], list[str]]] = (
-            (x[i : i + batch_size], names[i : i + batch_size], notes[i : i + batch_size])
-            for i in range(0, len(x), batch_size)
-        )
-        total = len(x)
+        every, all_notes = from_array(images, size, channels)
+        labels = [f"#{k}" for k in range(len(every))]
+        batches: Iterable[tuple[torch.Tensor, list[str], list[str]]] = [
+            (every[i : i + batch_size], labels[i : i + batch_size], all_notes[i : i + batch_size])
+            for i in range(0, len(every), batch_size)
+        ]
+        total = len(every)
     else:
         inputs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
         paths, _ = find_images(inputs)

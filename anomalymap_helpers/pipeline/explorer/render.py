@@ -138,7 +138,7 @@ def prediction_png(predictions: Any, match: Any = None, i: int = 0) -> bytes:
     sign = ">" if verdict == "anomaly" else "<="
     note = f" ({p.notes[i]})" if p.notes[i] else ""
     fig.suptitle(f"{Path(p.names[i]).name}{note}: {p.method} {float(p.scores[i]):.5f} {sign} threshold "
-                 f"{p.threshold:.5f} -> {verdict}; above {float(p.percentiles[i]):.0f} % of the validation normals",
+                 f"{p.threshold:.5f} -> {verdict}\nabove {float(p.percentiles[i]):.0f} % of the validation normals",
                  fontsize=8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

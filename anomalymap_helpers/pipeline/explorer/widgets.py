@@ -82,7 +82,7 @@ class ExplorerWidgets:
             "upload": w.FileUpload(accept=".png,.jpg,.jpeg,.bmp,.tif,.tiff", multiple=False,
                                    description="score an image"),
             "upload_status": w.HTML(),
-            "upload_view": w.Image(format="png"),
+            "upload_view": w.Image(format="png", layout=w.Layout(max_width="600px")),
         }
         css = {"strip": "gallery-strip", "picks": "gallery-open"}
         for name, widget in c.items():
