@@ -646,18 +646,17 @@ def train(
                     chosen = perm[step * bs : (step + 1) * bs]
                     share = chosen[w.rank :: w.size]  # this process's share of the global batch
                     batch = x_train[share if len(share) else chosen[:1]]
+                    draws = None
                     if config.augment:  # drawn for the global batch, as the VAE's noise
                         draws = augment.draw(config.augment, len(chosen), batch.shape[-1], augment_gen)
-                        batch = augment.apply(batch, draws[w.rank :: w.size] if len(share) else draws[:1])
                     damaged = None
-                    if restoring:  # damaged as the global batch, in order, so any nproc draws the same
-                        whole = x_train[chosen]
-                        if config.augment:
-                            whole = augment.apply(whole, draws)
+                    if restoring:  # augmented and damaged as the global batch, in order, so any nproc draws the same
+                        whole = x_train[chosen] if draws is None else augment.apply(x_train[chosen], draws)
                         bad, masks = damage.damage(whole, x_train, damage_gen)
-                        pick = torch.arange(len(chosen))[w.rank :: w.size] if len(share) else torch.arange(1)
-                        batch = whole[pick.to(device)]
-                        damaged = (bad[pick.to(device)], masks[pick.to(device)])
+                        pick = (torch.arange(len(chosen))[w.rank :: w.size] if len(share) else torch.arange(1)).to(device)
+                        batch, damaged = whole[pick], (bad[pick], masks[pick])
+                    elif draws is not None:
+                        batch = augment.apply(batch, draws[w.rank :: w.size] if len(share) else draws[:1])
                     noise = None
                     if config.model == "vae":  # drawn for the global batch, so any nproc draws the same
                         draws = torch.randn(len(chosen), config.latent_dim, generator=noise_gen)
