@@ -15,21 +15,10 @@ from PIL import Image
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.pipeline import scoring
 from anomalymap_helpers.runs.opened import Run
+from anomalymap_helpers.runs.predict import write_pngs
 from anomalymap_helpers.tools.cli import main
 
 from .conftest import TOLERANCE
-
-
-def write_pngs(images: torch.Tensor, folder: Path) -> list[Path]:
-    """``(N, C, H, W)`` images in [0, 1] as 8-bit PNGs, named by position."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k, x in enumerate(images):
-        a = (x * 255).round().to(torch.uint8).numpy()
-        p = folder / f"{k:04d}.png"
-        Image.fromarray(a[0] if len(a) == 1 else a.transpose(1, 2, 0)).save(p)
-        paths.append(p)
-    return paths
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

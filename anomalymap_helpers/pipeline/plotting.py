@@ -137,6 +137,34 @@ def prediction_grid(images: Any, maps: Any, captions: Sequence[str]) -> Figure:
     return fig
 
 
+def prediction_figure(predictions: Any, i: int = 0, match: Any = None) -> Figure:
+    """A new image's view (``predictions`` as ``Run.predict`` gives them): the image, its map over it,
+    and its best normal match ``match`` ``(C, H, W)`` where the score has one, titled with its verdict,
+    score, threshold and percentile among the validation normals."""
+    from pathlib import Path
+
+    p = predictions
+    image = displayable(p.images[i : i + 1])[0]
+    panels = [("input", image, False), (f"map ({p.method})", image, True)]
+    if match is not None:
+        panels.append(("best normal match", displayable(match[None])[0], False))
+    fig = NotebookFigure(figsize=(2.7 * len(panels), 3.0), layout="constrained")
+    for ax, (title, shown, overlay) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
+        show_image(ax, shown)
+        if overlay:
+            ax.imshow(displayable(p.maps[i : i + 1])[0], cmap="inferno", alpha=0.55)
+        ax.set_title(title, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    verdict = "anomaly" if bool(p.anomaly[i]) else "normal"
+    sign = ">" if verdict == "anomaly" else "<="
+    note = f" ({p.notes[i]})" if p.notes[i] else ""
+    fig.suptitle(f"{Path(p.names[i]).name}{note}: {p.method} {float(p.scores[i]):.5f} {sign} threshold "
+                 f"{p.threshold:.5f} -> {verdict}\nabove {float(p.percentiles[i]):.0f} % of the validation normals",
+                 fontsize=8)
+    return fig
+
+
 def loss_curves(history: Sequence[dict[str, float]], best_epoch: int | None = None,
                 ylabel: str = "mean squared error") -> Figure:
     """Training and validation loss per epoch; ``best_epoch`` (the weights kept) marked."""

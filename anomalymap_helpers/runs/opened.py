@@ -206,8 +206,7 @@ class Run:
         """An image file's :class:`~anomalymap_helpers.runs.predict.Predictions` and its best normal
         match (a training image, where the score has one): what the explorer's upload control shows."""
         p = self.predict(path)
-        match = self.splits["train"].images[int(p.matches[0])] if p.matches is not None and len(p) else None
-        return p, match
+        return p, p.best_match(0, self.splits["train"].images) if len(p) else None
 
     def score_maps(self, method: str) -> scoring.PatchKnn | scoring.LatentKnnMaps | None:
         """The map of ``method`` itself where it is not read off the reconstruction error, else None.

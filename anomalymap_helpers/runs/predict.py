@@ -70,6 +70,10 @@ class Predictions:
     def __len__(self) -> int:
         return len(self.names)
 
+    def best_match(self, i: int, train_images: torch.Tensor) -> torch.Tensor | None:
+        """Image ``i``'s best-matching normal among the run's ``train_images``, where the score has one."""
+        return train_images[int(self.matches[i])] if self.matches is not None else None
+
     def summary(self) -> str:
         """``37 of 500 flagged at threshold 0.0812 (segment)``, and how many were skipped."""
         line = f"{int(self.anomaly.sum())} of {len(self)} flagged at threshold {self.threshold:.4g} ({self.method})"
@@ -171,7 +175,8 @@ def from_array(images: Any, size: int, channels: int) -> tuple[torch.Tensor, lis
         raise ParameterError(f"images of dtype {x.dtype}: give uint8 (0-255) or float (0-1)")
     note = []
     if x.shape[1] == 4:
-        x, note = x[:, :3], [*note, "alpha dropped"]
+        x = x[:, :3]
+        note.append("alpha dropped")
     if x.shape[1] == 3 and channels == 1:
         x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
         note.append("colour converted to grayscale")

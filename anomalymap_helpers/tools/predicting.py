@@ -36,28 +36,6 @@ def free_folder(root: Path, stem: str = "predictions") -> Path:
     return root / f"{stem}-{k}"
 
 
-def _flagged_figure(p, i: int, train_images):  # noqa: ANN001, ANN202 - Predictions, a Figure
-    from anomalymap_helpers.pipeline import plotting
-
-    panels = [("input", plotting.displayable(p.images[i : i + 1])[0], None)]
-    panels.append((f"map ({p.method})", plotting.displayable(p.maps[i : i + 1])[0], "inferno"))
-    if p.matches is not None:
-        panels.append(("best normal match", plotting.displayable(train_images[int(p.matches[i])][None])[0], None))
-    fig = plotting.NotebookFigure(figsize=(2.6 * len(panels), 2.9), layout="constrained")
-    for ax, (title, image, cmap) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
-        if cmap:
-            ax.imshow(plotting.displayable(p.images[i : i + 1])[0], cmap="gray" if image.ndim == 2 else None)
-            ax.imshow(image, cmap=cmap, alpha=0.55)
-        else:
-            plotting.show_image(ax, image)
-        ax.set_title(title, fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(f"{Path(p.names[i]).name}: {p.method} {float(p.scores[i]):.4g} > threshold {p.threshold:.4g}",
-                 fontsize=8)
-    return fig
-
-
 def predict_command(args: argparse.Namespace) -> int:
     """The ``predict`` verb; returns the exit status."""
     from anomalymap_helpers.pipeline.progress import headless, progress_bar
@@ -80,7 +58,7 @@ def predict_command(args: argparse.Namespace) -> int:
             if plain:
                 print(f"scored {n:,} of {len(paths):,} images", flush=True)
 
-        p = run.predict(args.images, batch_size=args.batch_size, on_batch=on_batch)
+        p = run.predict(paths or args.images, batch_size=args.batch_size, on_batch=on_batch)  # the files found above
         bar.close()
         storage.write_csv(
             build / "predictions.csv", ["path", "score", "verdict", "threshold", "percentile", "note"],
@@ -89,10 +67,12 @@ def predict_command(args: argparse.Namespace) -> int:
         )
         if p.skipped:
             storage.write_csv(build / "skipped.csv", ["path", "why"], p.skipped)
+        from anomalymap_helpers.pipeline import plotting
+
         train_images = run.splits["train"].images
         for i in map(int, p.anomaly.nonzero().flatten()):
-            fig = _flagged_figure(p, i, train_images)
-            storage.save_figure(fig, build / "flagged" / f"{i:05d}_{Path(p.names[i]).stem}.png", dpi=100)
+            storage.save_figure(plotting.prediction_figure(p, i, p.best_match(i, train_images)),
+                                build / "flagged" / f"{i:05d}_{Path(p.names[i]).stem}.png", dpi=100)
     if ignored:
         print(f"ignored {len(ignored)} file(s) that are not images (never read): {', '.join(ignored[:5])}"
               + (" ..." if len(ignored) > 5 else ""))

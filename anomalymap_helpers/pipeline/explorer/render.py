@@ -119,29 +119,9 @@ def _refill(fig: Figure, ex: ExplorerState, i: int, threshold: float | None, sca
 
 
 def prediction_png(predictions: Any, match: Any = None, i: int = 0) -> bytes:
-    """A new image's view, as PNG bytes: the image, its map over it, and its best normal match where
-    the score has one, titled with its verdict, score, threshold and percentile among the validation normals."""
-    p = predictions
-    image = plotting.displayable(p.images[i : i + 1])[0]
-    panels = [("input", image, False), (f"map ({p.method})", image, True)]
-    if match is not None:
-        panels.append(("best normal match", plotting.displayable(match[None])[0], False))
-    fig = plotting.NotebookFigure(figsize=(2.7 * len(panels), 3.0), layout="constrained")
-    for ax, (title, shown, overlay) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
-        plotting.show_image(ax, shown)
-        if overlay:
-            ax.imshow(plotting.displayable(p.maps[i : i + 1])[0], cmap="inferno", alpha=0.55)
-        ax.set_title(title, fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    verdict = "anomaly" if bool(p.anomaly[i]) else "normal"
-    sign = ">" if verdict == "anomaly" else "<="
-    note = f" ({p.notes[i]})" if p.notes[i] else ""
-    fig.suptitle(f"{Path(p.names[i]).name}{note}: {p.method} {float(p.scores[i]):.5f} {sign} threshold "
-                 f"{p.threshold:.5f} -> {verdict}\nabove {float(p.percentiles[i]):.0f} % of the validation normals",
-                 fontsize=8)
+    """:func:`~anomalymap_helpers.pipeline.plotting.prediction_figure` as PNG bytes (the upload control's view)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    plotting.prediction_figure(predictions, i, match).savefig(buf, format="png", dpi=100)
     return buf.getvalue()
 
 

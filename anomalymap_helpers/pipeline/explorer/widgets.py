@@ -182,12 +182,10 @@ class ExplorerWidgets:
             path.write_bytes(bytes(f["content"]))
             try:
                 p, match = self.ex.predict_file(str(path))
+                why = p.skipped[0][1] if p.skipped else (None if len(p) else "no image in it")
             except AnomalyMapError as exc:  # not an image, unreadable: say so, keep the explorer
-                c["upload_status"].value = f"<b style='color:{plotting.ANOMALY_COLOR}'>cannot score {name}</b>: {exc}"
-                c["upload_view"].value = b""
-                return
-        if p.skipped or not len(p):
-            why = p.skipped[0][1] if p.skipped else "no image in it"
+                why = str(exc)
+        if why is not None:
             c["upload_status"].value = f"<b style='color:{plotting.ANOMALY_COLOR}'>cannot score {name}</b>: {why}"
             c["upload_view"].value = b""
             return
