@@ -185,6 +185,30 @@ def test_the_exported_restore_detector_gives_the_segmentation(restore_run_dir: P
     np.testing.assert_allclose(score, scoring.segment_scores(scored.segmentation).numpy(), rtol=0, atol=1e-5)
 
 
+def test_the_head_reads_large_images_in_cells_and_keeps_their_full_resolution(tmp_path: Path) -> None:
+    from anomalymap_helpers.pipeline.model import head_cell
+    from anomalymap_helpers.tools.export import Detector, write_onnx
+
+    assert [head_cell(s) for s in (28, 64, 96, 127, 128, 192, 224, 256, 512)] == [1, 1, 1, 1, 2, 2, 2, 4, 8]
+    torch.manual_seed(0)
+    model = RestoreNet(ModelConfig(image_size=128, channels=3)).eval()
+    assert model.head.cell == 2
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        logits = model.segment(x)
+        assert logits.shape == (2, 1, 128, 128)
+        # one pixel's logit is its own, not its 2x2 cell's: a cell's four logits differ
+        cells = torch.nn.functional.pixel_unshuffle(logits, 2)  # (2, 4, 64, 64)
+        assert float((cells - cells.mean(1, keepdim=True)).abs().amax()) > 0
+        # the cell-wise head as onnxruntime runs it (fp32 both ways)
+        detector = Detector(model, "segment", blur=0.0, uint8=False).eval()
+        target = write_onnx(detector, torch.zeros(2, 3, 128, 128), {}, tmp_path / "d.onnx")
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    _, score, own = session.run(["map", "score", "score_map"], {"images": x.numpy()})
+    np.testing.assert_allclose(own, torch.sigmoid(logits).numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(score, scoring.segment_scores(torch.sigmoid(logits)).numpy(), rtol=0, atol=1e-5)
+
+
 def test_model_auto_is_restore_for_folders_and_the_autoencoder_elsewhere() -> None:
     from anomalymap_helpers import parameters
     from anomalymap_helpers.pipeline.model import resolve_model

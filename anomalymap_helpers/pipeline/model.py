@@ -16,6 +16,7 @@ MODELS = {"ae": ARCHITECTURE, "vae": VAE_ARCHITECTURE, "restore": RESTORE_ARCHIT
 MODEL_NAMES = {ARCHITECTURE: "autoencoder", VAE_ARCHITECTURE: "variational autoencoder",
                RESTORE_ARCHITECTURE: "defect-learning autoencoder"}
 HEAD_WIDTHS = (16, 32, 64, 64)  # the restore model's segmentation head, per level
+HEAD_SIDE = 64  # the side the head works at: a larger image is read in cells of 2x2 (4x4, ...) pixels
 MAX_GRID = 8  # the bottleneck grid's largest side: the model halves the image until it is this small
 
 
@@ -25,6 +26,15 @@ def depth_for(image_size: int) -> int:
     while image_size / 2**depth > MAX_GRID:
         depth += 1
     return depth
+
+
+def head_cell(image_size: int) -> int:
+    """The side of the pixel cells the restore head reads an image of this side in: the largest power
+    of two that leaves at least ``HEAD_SIDE`` cells a side (1 up to 127 px, 2 at 128x128, 4 at 256x256)."""
+    cell = 1
+    while image_size // (2 * cell) >= HEAD_SIDE:
+        cell *= 2
+    return cell
 
 
 def check_image_size(image_size: int) -> int:
@@ -273,17 +283,26 @@ class SegmentationHead(nn.Module):
     before (max-pooling); the way up upsamples (bilinear), joins the level's skip connection and
     convolves again, so the map keeps the image's full resolution. DRAEM's discriminative network
     is the same idea at 64-1,024 channels; these widths are sized for a laptop CPU.
+
+    With ``cell`` > 1 the head reads the image in ``cell`` x ``cell`` pixel cells (each cell's
+    pixels side by side as channels, ``pixel_unshuffle``) and gives back a logit for each pixel of
+    the cell (``pixel_shuffle``): the map keeps full resolution, while the U-Net works at the side
+    it works at on a 64x64 image, for the same time per image and a field of view of the same
+    share of it (:func:`head_cell`).
     """
 
-    def __init__(self, in_channels: int, widths: tuple[int, ...] = HEAD_WIDTHS) -> None:
+    def __init__(self, in_channels: int, widths: tuple[int, ...] = HEAD_WIDTHS, cell: int = 1) -> None:
         super().__init__()
+        self.cell = cell
         self.down = nn.ModuleList(
-            _block(cin, cout) for cin, cout in zip((in_channels, *widths[:-1]), widths, strict=True)
+            _block(cin, cout) for cin, cout in zip((in_channels * cell**2, *widths[:-1]), widths, strict=True)
         )
         self.up = nn.ModuleList(_block(widths[i] + widths[i + 1], widths[i]) for i in range(len(widths) - 1))
-        self.out = nn.Conv2d(widths[0], 1, 1)
+        self.out = nn.Conv2d(widths[0], cell**2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cell > 1:
+            x = F.pixel_unshuffle(x, self.cell)
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
@@ -291,7 +310,8 @@ class SegmentationHead(nn.Module):
         for i in reversed(range(len(self.up))):
             x = F.interpolate(x, size=skips[i].shape[-2:], mode="bilinear", align_corners=False)
             x = self.up[i](torch.cat([skips[i], x], 1))
-        return self.out(x)
+        x = self.out(x)
+        return F.pixel_shuffle(x, self.cell) if self.cell > 1 else x
 
 
 class RestoreNet(ConvAutoencoder):
@@ -311,7 +331,7 @@ class RestoreNet(ConvAutoencoder):
     def __init__(self, config: ModelConfig | None = None) -> None:
         config = replace(config or ModelConfig(), architecture=RESTORE_ARCHITECTURE)
         super().__init__(config)
-        self.head = SegmentationHead(3 * config.channels)
+        self.head = SegmentationHead(3 * config.channels, cell=head_cell(config.image_size))
         self.to(memory_format=torch.channels_last)
 
     def segment(self, x: torch.Tensor, reconstruction: torch.Tensor | None = None) -> torch.Tensor:

@@ -93,7 +93,7 @@ class Detector(nn.Module):
         if method == "segment":
             if not isinstance(model, RestoreNet):
                 raise ValueError("score method 'segment' needs the restore model")
-            self.head = SegmentationHead(3 * model.config.channels)
+            self.head = SegmentationHead(3 * model.config.channels, cell=model.head.cell)
             self.head.load_state_dict(model.head.state_dict())
             self.head = self.head.cpu().float().to(memory_format=torch.contiguous_format).eval()
 
