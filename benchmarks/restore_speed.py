@@ -1,7 +1,8 @@
 """How fast does the restore model train, with its head reading the image in cells or pixel by pixel?
 
-Times the restore model's training step (damage drawn, forward with the segmentation, the MSE and
-focal losses, backward, Adam) on random images of ``--image-size`` (RGB, batch 16, the precision
+Times the restore model's training step (damage drawn, then the series' own
+:func:`~anomalymap_helpers.pipeline.train.training_step`: the MSE and focal losses, backward, fused
+Adam) on random images of ``--image-size`` (RGB, batch 16, the precision
 the series would use on this CPU), median of ``--repeats`` rounds of ``--steps`` steps, twice: with
 the head as the model builds it (:func:`~anomalymap_helpers.pipeline.model.head_cell`: 2x2 cells
 at 128x128) and with a head of the same widths on every pixel (the model before cells). Prints
@@ -28,17 +29,13 @@ def _rate(model, images, precision, steps: int, repeats: int) -> float:
 
     from anomalymap_helpers.pipeline import damage, train
 
-    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    optimizer = train.new_optimizer(model, 1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=precision.use_grad_scaler)
+    batch = train.to_device(images, torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
 
-    def step() -> None:
-        damaged, masks = damage.damage(images, images, gen)
-        with precision.autocast():
-            recon, logits = model(damaged.contiguous(memory_format=torch.channels_last), True)
-        squared, focal = train.restore_loss(recon, logits, images, masks)
-        (squared + focal).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def step() -> None:  # the series' step: damage drawn for the batch, then train.training_step
+        train.training_step(model, optimizer, scaler, batch, precision, damaged=damage.damage(batch, batch, gen))
 
     for _ in range(2):  # warm-up: oneDNN picks its kernels
         step()
@@ -67,16 +64,23 @@ def _main(args: argparse.Namespace) -> int:
         torch.manual_seed(0)
         model = RestoreNet(ModelConfig(image_size=args.image_size, channels=3))
         if label == "pixels":
-            model.head = SegmentationHead(9).to(memory_format=torch.channels_last)
+            model.head = SegmentationHead(3 * model.config.channels).to(memory_format=torch.channels_last)
         rates[label] = _rate(model.train(), images, precision, args.steps, args.repeats)
         print(f"head on {label} (cell {model.head.cell}): {rates[label]:.1f} training images/s", flush=True)
     print(f"cells / pixels: {rates['cells'] / rates['pixels']:.2f}x")
     return 0
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status."""
+    from benchmarks._entry import run
+
+    parser = argparse.ArgumentParser(prog="python benchmarks/restore_speed.py", description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
-    sys.exit(_main(parser.parse_args()))
+    return run(parser, _main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
