@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 
-.PHONY: setup series test test-precision gpu-check lab clean-results
+.PHONY: setup series test test-precision test-other-cpu gpu-check lab clean-results
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,20 @@ test: setup
 test-precision: setup
 	other=$$($(OTHER_PRECISION)) && echo "the precision-marked tests again in $$other (ANOMALYMAP_CPU_PRECISION=$$other)" \
 		&& ANOMALYMAP_CPU_PRECISION=$$other $(PY) -m pytest -m precision
+
+# The bf16-kernel-sensitive tests with the other CPU kind's kernels. On a CPU with native bf16:
+# capped to AVX2 (ATen's ATEN_CPU_CAPABILITY, oneDNN's ONEDNN_MAX_CPU_ISA) and in bf16, as close to
+# an AVX2 CPU's emulated bf16 as this CPU allows (tests.kernels prints which kernels ran; see
+# docs/testing.md). On a CPU without it the other kind's instructions cannot run, so it says so.
+OTHER_CPU = ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ANOMALYMAP_CPU_PRECISION=bf16
+
+test-other-cpu: setup
+	@echo "this CPU as it is:" && $(PY) -m tests.kernels
+	@if $(PY) -c "from anomalymap_helpers.pipeline.device import cpu_supports_bf16 as s; raise SystemExit(not s())"; then \
+		echo "with the other kind's kernels ($(OTHER_CPU)):" && $(OTHER_CPU) $(PY) -m tests.kernels \
+		&& $(OTHER_CPU) $(PY) -m pytest -m "precision or bf16_kernels"; \
+	else echo "the other kind (native bf16: AVX-512 BF16 or AMX) needs instructions this CPU lacks: nothing to run;" \
+		"make test has run the precision tests here in fp32 and in emulated bf16"; fi
 
 gpu-check: setup
 	$(PY) benchmarks/gpu_check.py $(ARGS)
