@@ -110,6 +110,8 @@ def test_model_computes_the_original_layers_function() -> None:
     model, reference = _reference_pair()
     x = torch.rand(6, 1, 28, 28) - 0.1  # some negative pixels, so ReLUs and pools have work to do
     out, expected = model(x), reference(x)
+    # Precision fp32 (2**-24): the same sums in another order and layout; outputs in [0, 1] and latents
+    # of size ~1 agree to 1e-5 relative, the gradients (sums over 6 x 784 pixels that cancel) to 1e-4.
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model.encode(x), reference.encoder(x), rtol=1e-5, atol=1e-6)
     ((out - x) ** 2).mean().backward()
@@ -124,6 +126,10 @@ def test_model_equals_reference_in_bf16_and_for_other_shapes() -> None:
     """Same function under bf16 autocast, and for another image size, channel count and latent size."""
     model, reference = _reference_pair()
     x = torch.rand(4, 1, 28, 28)
+    # Precision bf16 (u = 2**-8): two roundings of the same function, whichever kernels run. Each of
+    # the 7 layers rounds its weights and output once (2u relative to the pre-activation's scale, ~1
+    # here); through the sigmoid (slope at most 1/4) the outputs in [0, 1] differ by at most about
+    # 2 * 7 * 2u / 4 = 0.027 to first order, and 0.02 absolute and relative holds them.
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.testing.assert_close(model(x).float(), reference(x).float(), rtol=0.02, atol=0.02)
     model, reference = _reference_pair(ModelConfig(latent_dim=8, image_size=32, channels=3), seed=1)
@@ -152,6 +158,7 @@ def test_larger_images_add_blocks_and_keep_the_bottleneck_small(size: int, chann
     x = torch.rand(2, channels, size, size) - 0.1
     out, expected = model(x), reference(x)
     assert out.shape == x.shape
+    # Precision fp32, as in test_model_computes_the_original_layers_function.
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     ((out - x) ** 2).mean().backward()
     ((expected - x) ** 2).mean().backward()

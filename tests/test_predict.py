@@ -10,10 +10,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.pipeline import scoring
+from anomalymap_helpers.pipeline.device import Precision
 from anomalymap_helpers.runs.opened import Run
 from anomalymap_helpers.runs.predict import write_pngs
 from anomalymap_helpers.tools.cli import main
@@ -46,13 +48,20 @@ def test_predict_gives_the_runs_own_test_scores_for_its_test_images_read_back(
     precision = scoring.inference_precision(run.device).name
     rtol, atol = TOLERANCE[precision]
     close = np.isclose(got, theirs, rtol=rtol, atol=atol * float(np.abs(theirs).max()))
-    if run.evaluation["score"] == "patch-knn":  # a tie among the 10 nearest normals may pick another
-        assert close.mean() >= 0.99
+    if run.evaluation["score"] == "patch-knn":
+        # patch-knn compares with the 10 normals nearest by latent code: where the 10th and 11th are as
+        # near as the precision's rounding (a tie), the two batches may take either, and only there differ.
+        differ = np.flatnonzero(~close)
+        z = scoring.encode(run.model.cpu(), test.images[differ], precision=Precision(precision, "cpu"))
+        sims = F.normalize(z.float(), dim=1) @ F.normalize(run.reference_latents().cpu().float(), dim=1).T
+        top = sims.topk(scoring.PATCH_NEIGHBOURS + 1, dim=1).values
+        tie = rtol + atol  # cosines are at most 1, so this is the precision's step at their scale
+        assert bool((top[:, -2] - top[:, -1] <= tie).all()), f"scores differ without a tie at {differ}"
     else:
         assert close.all(), np.abs(got - theirs).max()
+    # Each verdict is its own score against the run's threshold (so verdicts differ from 03's only
+    # where the scores do, above: by rounding or a tie).
     threshold = run.evaluation["threshold"]
-    agree = (got > threshold) == (theirs > threshold)
-    assert agree.mean() >= 0.99
     assert all(r["verdict"] == ("anomaly" if float(r["score"]) > threshold else "normal") for r in rows)
     assert all(float(r["threshold"]) == pytest.approx(threshold, rel=1e-5) for r in rows)
     flagged = sorted((out / "flagged").glob("*.png")) if (out / "flagged").exists() else []

@@ -14,7 +14,10 @@ from benchmarks.time_to_detector import run_time_to_detector
 def test_time_to_detector_times_both_on_one_split(
     small_series: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    report = run_time_to_detector(str(tmp_path / "run"), small_series, repeats=2)
+    # A fifth of the smoke run's slice, in batches of 16 so the epoch takes as many steps and the model
+    # learns enough for 02's check: the claims are about the timing and the table, not the scores.
+    params = {**small_series, "max_train": 2000, "max_test": 400, "batch_size": 16}
+    report = run_time_to_detector(str(tmp_path / "run"), params, repeats=2)
     saved = json.loads((tmp_path / "run" / "time_to_detector.json").read_text())
     assert saved["ratio"] == pytest.approx(saved["series_seconds"] / saved["reference"]["seconds"])
     rounds = saved["repeats"]  # two rounds, in turn; the table's figures are their medians
@@ -24,7 +27,7 @@ def test_time_to_detector_times_both_on_one_split(
     assert all(sum(r["notebook_seconds"].values()) <= r["series_seconds"] for r in rounds)
     assert len(saved["notebook_seconds"]) == 5
     ref = report["reference"]
-    assert ref["epochs"] == 5 and ref["train_images"] == 9000  # the split notebook 01 wrote
+    assert ref["epochs"] == 5 and ref["train_images"] == 1800  # the split notebook 01 wrote
     assert 0.5 < ref["roc_auc_default"] < 1 and 0 < ref["roc_auc_mse"] < 1
     assert saved["series_roc_auc"] == storage.read_json(tmp_path / "run" / "metrics.json")["roc_auc"]
     out = capsys.readouterr().out

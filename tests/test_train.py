@@ -43,6 +43,7 @@ def test_training_lowers_the_loss(small_normals) -> None:
 @PRECISION
 def test_same_seed_same_weights(small_normals) -> None:
     x, v = small_normals
+    x, v = x[:256], v[:64]  # 4 steps an epoch: the claim needs no more, and bf16 emulated is slow
     cfg = train.TrainConfig(epochs=1, **CPU)
     a = train.train(x, v, cfg, progress=False)
     b = train.train(x, v, cfg, progress=False)
@@ -55,6 +56,7 @@ def test_same_seed_same_weights(small_normals) -> None:
 @PRECISION
 def test_resume_equals_an_uninterrupted_run(small_normals, tmp_path: Path) -> None:
     x, v = small_normals
+    x, v = x[:256], v[:64]  # 4 steps an epoch: the claim needs no more, and bf16 emulated is slow
     whole = train.train(x, v, train.TrainConfig(epochs=2, **CPU), files=RunFiles(tmp_path / "a"), progress=False)
     part = RunFiles(tmp_path / "b")
     train.train(x, v, train.TrainConfig(epochs=1, **CPU), files=part, progress=False)
@@ -68,6 +70,7 @@ def test_resume_equals_an_uninterrupted_run(small_normals, tmp_path: Path) -> No
 @PRECISION
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(small_normals, tmp_path: Path) -> None:
     x, v = small_normals
+    x, v = x[:256], v[:64]  # 4 steps an epoch: the claim needs no more, and bf16 emulated is slow
     x = x.clone()
     files = RunFiles(tmp_path)
     # On the CPU the training tensor is x itself, so poisoning x after epoch 1 poisons epoch 2.
@@ -86,6 +89,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(small_norma
 
 def test_resume_refuses_other_settings_and_names_them(small_normals, tmp_path: Path) -> None:
     x, v = small_normals
+    x, v = x[:256], v[:64]  # 4 steps an epoch: the claim needs no more, and bf16 emulated is slow
     files = RunFiles(tmp_path)
     train.train(x, v, train.TrainConfig(epochs=2, **CPU), files=files, progress=False)
     before = files.model.stat().st_mtime_ns
@@ -106,6 +110,7 @@ def test_resume_refuses_other_settings_and_names_them(small_normals, tmp_path: P
 
 def test_resume_with_more_epochs_is_recorded(small_normals, tmp_path: Path) -> None:
     x, v = small_normals
+    x, v = x[:256], v[:64]  # 4 steps an epoch: the claim needs no more, and bf16 emulated is slow
     files = RunFiles(tmp_path)
     train.train(x, v, train.TrainConfig(epochs=1, **CPU), files=files, progress=False)
     result = train.train(x, v, train.TrainConfig(epochs=2, **CPU), files=files, resume=True, progress=False)
