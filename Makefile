@@ -34,9 +34,9 @@ test-precision: setup
 		&& ANOMALYMAP_CPU_PRECISION=$$other $(PY) -m pytest -m precision
 
 # The bf16-kernel-sensitive tests with the other CPU kind's kernels. On a CPU with native bf16:
-# capped to AVX2 (ATen's ATEN_CPU_CAPABILITY, oneDNN's ONEDNN_MAX_CPU_ISA) and in bf16, as close to
-# an AVX2 CPU's emulated bf16 as this CPU allows (tests.kernels prints which kernels ran; see
-# docs/testing.md). On a CPU without it the other kind's instructions cannot run, so it says so.
+# capped to AVX2 (ATen's ATEN_CPU_CAPABILITY, oneDNN's ONEDNN_MAX_CPU_ISA) and in bf16: under the oneDNN
+# cap PyTorch runs its fallback bf16 kernels, as an AVX2 CPU does (tests.kernels prints which kernels
+# ran; see docs/testing.md). On a CPU without it the other kind's instructions cannot run, so it says so.
 OTHER_CPU = ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ANOMALYMAP_CPU_PRECISION=bf16
 
 test-other-cpu: setup

@@ -26,6 +26,7 @@ def _main(args: argparse.Namespace) -> int:
         seed=args.seed,
         mnist_dir=args.mnist_dir,
         max_train=args.max_train,
+        max_test=args.max_test,
         reference_retains_memory=not args.reference_glibc_defaults,
         image_size=args.image_size,
         channels=args.channels,
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--seed", type=int, default=0)
     speed.add_argument("--mnist-dir", default=None, help="local MNIST folder (default $ANOMALYMAP_MNIST_DIR)")
     speed.add_argument("--max-train", type=int, default=None, help="cap on normal training images, for a quick run")
+    speed.add_argument("--max-test", type=int, default=None, help="cap on test images scored, for a quick run")
     speed.add_argument("--image-size", type=int, default=28, help="image side (MNIST scaled up; default 28)")
     speed.add_argument("--channels", type=int, default=1, choices=(1, 3), help="1 grayscale or 3 colour")
     speed.add_argument(

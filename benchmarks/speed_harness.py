@@ -96,6 +96,8 @@ def run_speed(
     data_dir: str = "data",
     mnist_dir: str | None = None,
     max_train: int | None = None,
+    max_test: int | None = None,
+    profile_steps: int = 20,
     reference_retains_memory: bool = True,
     image_size: int = 28,
     channels: int = 1,
@@ -111,7 +113,9 @@ def run_speed(
 
     At another ``image_size`` or ``channels`` both paths train on MNIST scaled up to
     that size and repeated to the channels (the model grows with the size), on 2,000
-    training images unless ``max_train`` says otherwise, and score 1,000 test images.
+    training images unless ``max_train`` says otherwise, and score 1,000 test images;
+    ``max_test`` cuts the test set (all 10,000 MNIST test images by default at 28x28);
+    ``profile_steps`` is the steps of each round of the CPU step breakdown.
 
     ``device`` (``"auto"``: CUDA where there is one) is where *both* paths train and
     score, so the ratio compares loops on the same hardware.
@@ -129,7 +133,7 @@ def run_speed(
         max_train = 2000
 
     data.prepare_mnist(data_dir, mnist_dir)  # once, here: two workers unpacking at once would race
-    args = (epochs, seed, Workload(str(resolve(data_dir)), mnist_dir, max_train, image_size, channels, target))
+    args = (epochs, seed, Workload(str(resolve(data_dir)), mnist_dir, max_train, image_size, channels, target, max_test, profile_steps))
     ref = _Worker("reference loop", reference_worker, (*args, reference_retains_memory))
     proj = _Worker("project path", project_worker, args)
     try:
@@ -153,6 +157,7 @@ def run_speed(
         "image_size": image_size,
         "channels": channels,
         "train_images": proj_result["train_images"],
+        "test_images": proj_result["test_images"],
         "epochs": epochs,
         "seed": seed,
         "torch": torch.__version__,

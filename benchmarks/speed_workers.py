@@ -30,7 +30,7 @@ class Workload:
 
     At another ``(image_size, channels)`` than ``(28, 1)`` the images are scaled up
     (bilinear) and repeated to the channels, and the test set is cut to 1,000 images:
-    the content does not change the speed, the size does.
+    the content does not change the speed, the size does. ``max_test`` cuts it at any size.
     """
 
     data_dir: str
@@ -39,6 +39,8 @@ class Workload:
     image_size: int = 28
     channels: int = 1
     device: str = "cpu"  # both paths train and score here (resolved by the harness)
+    max_test: int | None = None
+    profile_steps: int = 20  # steps a round of the CPU step breakdown (see speed_profile.step_breakdown)
 
     def splits(self) -> dict[str, Any]:
         import torch.nn.functional as F
@@ -47,7 +49,8 @@ class Workload:
 
         native = (self.image_size, self.channels) == (28, 1)
         mnist = data.load_mnist(self.data_dir, self.mnist_dir)
-        config = data.SplitConfig(max_train=self.max_train, max_test=None if native else 1000)
+        max_test = self.max_test or (None if native else 1000)
+        config = data.SplitConfig(max_train=self.max_train, max_test=max_test)
         splits = data.take(mnist, data.make_splits(mnist.train_labels, mnist.test_labels, config), config.anomaly_classes)
         if native:
             return splits
@@ -197,11 +200,14 @@ def project_worker(conn: Connection, epochs: int, seed: int, work: Workload) -> 
     rates = [h["images_per_s"] for h in result.history]
     peak_rss_mb = _peak_rss_mb()  # before the profiler's own memory
     cpu = result.device.type == "cpu"
-    breakdown = step_breakdown(d["train"].images, result.precision, model.config) if cpu else None
+    breakdown = (step_breakdown(d["train"].images, result.precision, model.config, work.profile_steps)
+                 if cpu else None)
     return {
         "train_images_per_s": statistics.median(rates),
         "epoch_images_per_s": rates,
         "train_images": len(d["train"].images),
+        "test_images": len(d["test"].images),
+        "test_anomalies": int(is_anomaly.sum()),
         "val_loss": result.history[-1]["val_loss"],
         "roc_auc": _roc_auc(scored.scores, is_anomaly),
         "peak_rss_mb": peak_rss_mb,

@@ -25,6 +25,8 @@ from anomalymap_helpers.tools.cli import main
 from anomalymap_helpers.tools.runner import run_series
 from anomalymap_helpers.tools.training import train_run
 
+from .conftest import SMALL
+
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
 # Each process one thread, as `launch` sets them on a 2-core machine; plain progress lines.
@@ -290,7 +292,8 @@ def test_notebook_02_trains_in_two_processes(run_dir: Path, tmp_path: Path, sour
     results = splits_only(run_dir, tmp_path / "run")
     lines: list[str] = []
     nb = ROOT / "notebooks" / "02_training.ipynb"
-    run_series({**sources, "epochs": 1, "batch_size": 64, "nproc": 2}, results, notebooks=[nb], echo=lines.append)
+    # The smoke run's split and batch size (112 steps of 32, enough for 02's check), in two processes.
+    run_series({**sources, "epochs": 1, "batch_size": SMALL["batch_size"], "nproc": 2}, results, notebooks=[nb], echo=lines.append)
     text = "\n".join(lines)
     assert "02 | training on 2 processes (gloo" in text
     assert re.search(r"02 \| epoch 1/1 .* images/s \([\d,]+ per process\)", text), text

@@ -12,8 +12,11 @@ from benchmarks.speed_harness import run_speed
 
 
 def test_speed_benchmark_writes_the_report(mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # 2,000 of MNIST's 10,000 test images (scoring them 16 times for the medians took most of this test), and
+    # rounds of 2 steps in the step breakdown: the claims are about the report, not the figures.
     report = run_speed(
-        2, str(tmp_path / "speed"), data_dir=str(tmp_path / "data"), mnist_dir=str(mnist_dir), max_train=600
+        2, str(tmp_path / "speed"), data_dir=str(tmp_path / "data"), mnist_dir=str(mnist_dir), max_train=600,
+        max_test=2000, profile_steps=2,
     )
     saved = json.loads((tmp_path / "speed" / "speed.json").read_text())
     for key in (
@@ -32,7 +35,9 @@ def test_speed_benchmark_writes_the_report(mnist_dir: Path, tmp_path: Path, caps
     )
     assert len(saved["epoch_speedups"]) == len(saved["reference"]["epoch_images_per_s"]) == 2
     assert 0 < saved["reference_roc_auc"] < 1 and 0 < saved["project_roc_auc"] < 1
-    assert saved["tsne_points"] == 1000
+    anomalies = saved["project"]["test_anomalies"]  # t-SNE on up to 500 normal and 500 anomalous test images
+    assert saved["test_images"] == 2000 and 0 < anomalies < 500
+    assert saved["tsne_points"] == 500 + anomalies
     assert saved["reference_retains_freed_memory"] and saved["reference"]["retain_memory"]
     b = saved["step_breakdown"]
     # Which part takes longer is a measurement (it failed once with the cores shared), not a property.
@@ -59,7 +64,7 @@ def test_speed_benchmark_at_another_size_and_the_cpu_line(
     and the report names the CPU and its AVX-512/bf16/AMX flags (from /proc/cpuinfo)."""
     report = run_speed(
         1, str(tmp_path / "speed"), data_dir=str(tmp_path / "data"), mnist_dir=str(mnist_dir), max_train=300,
-        image_size=32, channels=3,
+        image_size=32, channels=3, profile_steps=2,
     )
     assert (report["image_size"], report["channels"], report["train_images"]) == (32, 3, 270)
     assert report["project"]["scoring_images_per_s"] > 0 and 0 < report["tsne_points"] <= 1000

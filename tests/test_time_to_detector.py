@@ -14,8 +14,8 @@ from benchmarks.time_to_detector import run_time_to_detector
 def test_time_to_detector_times_both_on_one_split(
     small_series: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # A fifth of the smoke run's slice, in batches of 16 so the epoch takes as many steps and the model
-    # learns enough for 02's check: the claims are about the timing and the table, not the scores.
+    # A 2,000-image slice of MNIST, in batches of 16 so the epoch takes as many steps as the smoke run's (112)
+    # and the model learns enough for 02's check: the claims are about the timing and the table, not the scores.
     params = {**small_series, "max_train": 2000, "max_test": 400, "batch_size": 16}
     report = run_time_to_detector(str(tmp_path / "run"), params, repeats=2)
     saved = json.loads((tmp_path / "run" / "time_to_detector.json").read_text())
