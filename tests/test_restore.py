@@ -218,6 +218,10 @@ def test_model_auto_is_restore_for_folders_and_the_autoencoder_elsewhere() -> No
     assert values["model"] == "auto"
     assert training.config_for(values, 180, "folder").model == "restore"
     assert training.config_for(values, 180, "folder").epochs == 45
+    # The autoencoder on the example folder of the series tests (144 training images): by data set,
+    # 20,000 images seen in batches of 16 (the series there gives epochs, to keep the tests short).
+    ae = training.config_for({**values, "model": "ae"}, 144, "folder")
+    assert (ae.model, ae.epochs, ae.batch_size) == ("ae", 139, 16)
     assert training.config_for(values, 48_000, "mnist").model == "ae"
     assert training.config_for(values, 5_000, "fashion-mnist").model == "ae"
     assert resolve_model("vae", "folder") == "vae"
