@@ -17,7 +17,6 @@ from anomalymap_helpers.tools.cli import main
 from anomalymap_helpers.tools.runner import SeriesError, run_series, series
 
 from .conftest import NAMES, ROOT, SMALL
-from .conftest import run_series as run_series_command
 
 
 def test_series_writes_every_output(run_dir: Path) -> None:
@@ -72,7 +71,24 @@ def test_executed_notebooks_show_no_widget_json(run_dir: Path) -> None:
     assert '"image/png"' in text and "Error displaying widget" not in text
 
 
-def test_nbval_reruns_the_executed_notebooks(run_dir: Path) -> None:
+# What the series writes that a rerun must write again byte for byte (the records of times aside).
+RERUN_FILES = ["metrics.json", "reconstruction_errors.csv", "score_comparison.csv", "per_type.csv",
+               "latent_embeddings.csv", "model.json"]
+
+
+def _losses(run: Path) -> list[tuple[str, str]]:
+    with open(run / "training_history.csv") as fh:
+        return [(r["train_loss"], r["val_loss"]) for r in csv.DictReader(fh)]
+
+
+def test_nbval_reruns_the_executed_notebooks_and_fresh_kernels_write_the_same_files(run_dir: Path) -> None:
+    """nbval reruns the series' executed notebooks, each in a fresh kernel as JupyterLab runs them;
+    the files they write again are those of the runner's one shared kernel (cleared between
+    notebooks): the same weights, losses, scores, metrics, per-type table and t-SNE."""
+    from safetensors.torch import load_file
+
+    shared = {name: (run_dir / name).read_bytes() for name in RERUN_FILES}
+    shared_model, shared_losses = load_file(run_dir / "model.safetensors"), _losses(run_dir)
     notebooks = [str(run_dir / "notebooks" / n) for n in NAMES]
     env = {**os.environ, "ANOMALYMAP_HEADLESS": "1"}
     proc = subprocess.run(
@@ -84,26 +100,26 @@ def test_nbval_reruns_the_executed_notebooks(run_dir: Path) -> None:
         env=env,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-
-
-def test_one_kernel_for_the_series_gives_what_a_kernel_per_notebook_gives(
-    run_dir: Path, tmp_path: Path, mnist_dir: Path, data_dir: Path
-) -> None:
-    """The runner's shared kernel (cleared between notebooks) against fresh kernels, as in
-    JupyterLab: the same weights, losses, scores, metrics, per-type table and t-SNE."""
-    from safetensors.torch import load_file
-
-    params = {**SMALL, "mnist_dir": mnist_dir, "data_dir": data_dir}
-    fresh = run_series_command(tmp_path / "fresh", params, "--kernel-per-notebook")
-    for name in ["metrics.json", "reconstruction_errors.csv", "score_comparison.csv", "per_type.csv",
-                 "latent_embeddings.csv", "model.json"]:
-        assert (fresh / name).read_bytes() == (run_dir / name).read_bytes(), name
-    shared_model, fresh_model = load_file(run_dir / "model.safetensors"), load_file(fresh / "model.safetensors")
+    for name in RERUN_FILES:
+        assert (run_dir / name).read_bytes() == shared[name], name
+    fresh_model = load_file(run_dir / "model.safetensors")
     assert shared_model.keys() == fresh_model.keys()
     assert all(torch.equal(shared_model[k], fresh_model[k]) for k in shared_model)
-    with open(run_dir / "training_history.csv") as a, open(fresh / "training_history.csv") as b:
-        losses = [[(r["train_loss"], r["val_loss"]) for r in csv.DictReader(fh)] for fh in (a, b)]
-    assert losses[0] == losses[1]
+    assert _losses(run_dir) == shared_losses
+
+
+def test_kernel_per_notebook_runs_each_notebook_in_a_fresh_kernel(tmp_path: Path) -> None:
+    """``run --kernel-per-notebook``: a name the first notebook defines is gone in the second."""
+    import nbformat
+
+    first, second = tmp_path / "01_first.ipynb", tmp_path / "02_second.ipynb"  # they take 01's and 02's parameters
+    pid = str(tmp_path / "pid")
+    for path, code in ((first, f"import os\nleft_over = os.getpid()\nopen({pid!r}, 'w').write(str(left_over))"),
+                       (second, f"import os\nassert 'left_over' not in globals()\nassert open({pid!r}).read() != str(os.getpid())")):
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)], metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}), path)
+    runs = run_series({}, tmp_path / "run", notebooks=[first, second], echo=lambda line: None, kernel_per_notebook=True)
+    assert [r.name for r in runs] == ["01_first.ipynb", "02_second.ipynb"]
 
 
 def test_the_shared_kernel_is_cleared_between_notebooks(tmp_path: Path) -> None:
