@@ -74,3 +74,21 @@ def test_notebook_default_score_is_the_package_default() -> None:
     evaluation = [p for p in NOTEBOOKS if p.name.startswith("03_")][0]
     default = declared_parameters(evaluation)["score_method"]["default"].strip("\"'")
     assert default == "auto" and check_method(default, "mnist") == DEFAULT_METHOD
+
+
+def test_evaluation_opens_briefly_and_its_table_names_every_score_once() -> None:
+    """03's first cell fits on a screen (about 15 lines); its table of scores holds each entry of the
+    score registry once, no more, and the sentence above it counts them as the registry does."""
+    import re
+
+    from anomalymap_helpers.pipeline.scoring import METHODS, REGISTRY, RESTORE_METHODS, VAE_METHODS
+
+    evaluation = [p for p in NOTEBOOKS if p.name.startswith("03_")][0]
+    cells = [c.source for c in nbformat.read(evaluation, as_version=4).cells if c.cell_type == "markdown"]
+    assert len(cells[0].splitlines()) <= 15
+    (table,) = [c for c in cells if "| score | what it measures |" in c]
+    rows = re.findall(r"^\| `([a-z-]+)` \|", table, re.M)
+    assert sorted(rows) == sorted(REGISTRY), rows
+    words = {6: "six", 7: "seven", 8: "eight"}
+    assert f"{words[len(METHODS)]} for every model" in table
+    assert VAE_METHODS == ("elbo",) and RESTORE_METHODS == ("segment",)
