@@ -104,7 +104,7 @@ def find_images(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], l
     Raises:
         ParameterError: an input does not exist.
     """
-    from anomalymap_helpers.pipeline.data.folder import IMAGE_SUFFIXES, _is_stray
+    from anomalymap_helpers.pipeline.data.folder import IMAGE_SUFFIXES, is_stray
 
     found, ignored = [], []
     for item in map(Path, inputs):
@@ -112,7 +112,7 @@ def find_images(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], l
             raise ParameterError(f"{item} does not exist: give image files or folders of them")
         paths = sorted(p for p in item.rglob("*") if p.is_file()) if item.is_dir() else [item]
         for p in paths:
-            stray = any(_is_stray(Path(part)) for part in p.relative_to(item).parts) if item.is_dir() else _is_stray(p)
+            stray = any(is_stray(Path(part)) for part in p.relative_to(item).parts) if item.is_dir() else is_stray(p)
             if not stray and p.suffix.lower() in IMAGE_SUFFIXES:
                 found.append(p)
             else:
@@ -126,9 +126,9 @@ def read_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, str]:
     Raises:
         DataError: the file cannot be decoded (truncated, corrupt, not what its suffix says).
     """
-    from anomalymap_helpers.pipeline.data.folder import GRAY_MODES, _open, _pixels
+    from anomalymap_helpers.pipeline.data.folder import GRAY_MODES, open_image, to_pixels
 
-    image = _open(path)
+    image = open_image(path)
     notes = []
     if image.size != (size, size):
         notes.append(f"resized from {image.size[0]}x{image.size[1]} to {size}x{size}")
@@ -137,7 +137,7 @@ def read_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, str]:
         notes.append("grayscale converted to RGB")
     elif not gray and channels == 1:
         notes.append("colour converted to grayscale")
-    return _pixels(image, size, channels, _NoDigest()), "; ".join(notes)
+    return to_pixels(image, size, channels, _NoDigest()), "; ".join(notes)
 
 
 class _NoDigest:

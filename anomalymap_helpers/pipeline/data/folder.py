@@ -64,7 +64,9 @@ class Layout:
         return (NORMAL, *self.defect_types)
 
 
-def _is_stray(path: Path) -> bool:
+def is_stray(path: Path) -> bool:
+    """Whether ``path`` is what a system or an editor leaves beside images (a hidden name,
+    ``Thumbs.db``, ``desktop.ini``): skipped, never read as an image."""
     return path.name.startswith(".") or path.name.lower() in ("thumbs.db", "desktop.ini")
 
 
@@ -72,7 +74,7 @@ def _images(folder: Path, root: Path, skipped: list[str]) -> list[Path]:
     """The image files directly in ``folder``, sorted by name; anything else goes to ``skipped``."""
     out = []
     for path in sorted(folder.iterdir()):
-        if path.is_file() and not _is_stray(path) and path.suffix.lower() in IMAGE_SUFFIXES:
+        if path.is_file() and not is_stray(path) and path.suffix.lower() in IMAGE_SUFFIXES:
             out.append(path)
         else:
             skipped.append(str(path.relative_to(root)) + ("/" if path.is_dir() else ""))
@@ -82,7 +84,7 @@ def _images(folder: Path, root: Path, skipped: list[str]) -> list[Path]:
 def _subfolders(folder: Path, root: Path, skipped: list[str]) -> list[Path]:
     out = []
     for path in sorted(folder.iterdir()):
-        if path.is_dir() and not _is_stray(path):
+        if path.is_dir() and not is_stray(path):
             out.append(path)
         else:
             skipped.append(str(path.relative_to(root)) + ("/" if path.is_dir() else ""))
@@ -174,7 +176,9 @@ def _reading(path: Path) -> Iterator[None]:
         raise DataError(f"cannot read image {path}: {exc}. Replace or remove the file") from None
 
 
-def _open(path: Path):  # noqa: ANN202 - a PIL image
+def open_image(path: Path):  # noqa: ANN202 - a PIL image
+    """The image file at ``path`` as a PIL image, decoded now, so that an unreadable or truncated
+    file raises a DataError that names it here rather than later."""
     from PIL import Image
 
     with _reading(path):
@@ -194,7 +198,11 @@ def _channels(paths: list[Path]) -> int:
     return 1
 
 
-def _pixels(image, size: int, channels: int, digest) -> np.ndarray:  # noqa: ANN001
+def to_pixels(image, size: int, channels: int, digest) -> np.ndarray:  # noqa: ANN001
+    """A PIL ``image`` as the folder data set reads it: 8 bits (16-bit and float grayscale scaled by
+    the format's range), ``channels`` 1 (grayscale) or 3 (RGB), resized bilinearly to ``size`` x
+    ``size``; ``(channels, size, size)`` uint8. Its bytes are fed to ``digest`` (a hashlib object,
+    or anything with ``update``)."""
     from PIL import Image
 
     if image.mode.startswith("I") or image.mode == "F":
@@ -231,16 +239,16 @@ def load_folder(image_dir: str | os.PathLike[str], image_size: int) -> ImageData
     test_paths = [p for p, _ in layout.test]
     channels = _channels([*layout.train, *test_paths])
     digest = hashlib.sha256()
-    train = np.stack([_pixels(_open(p), image_size, channels, digest) for p in layout.train])
+    train = np.stack([to_pixels(open_image(p), image_size, channels, digest) for p in layout.train])
     test, masks = [], []
     for path, _ in layout.test:
-        image = _open(path)
-        test.append(_pixels(image, image_size, channels, digest))
+        image = open_image(path)
+        test.append(to_pixels(image, image_size, channels, digest))
         mask_path = layout.masks.get(path)
         if mask_path is None:
             masks.append(np.zeros((1, image_size, image_size), dtype=bool))
             continue
-        mask = _open(mask_path)
+        mask = open_image(mask_path)
         if mask.size != image.size:
             raise DataError(
                 f"mask {mask_path} is {mask.size[0]}x{mask.size[1]} pixels but its image {path} is "

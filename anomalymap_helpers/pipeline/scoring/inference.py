@@ -47,8 +47,6 @@ def _infer(
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """:func:`infer`, plus each image's KL divergence ``(N,)`` where ``model`` is a VAE, and the
     segmentation maps ``(N, 1, H, W)`` where it is the restore model (else None)."""
-    from anomalymap_helpers.pipeline.scoring.segment import segmentation
-
     device = next(model.parameters()).device
     precision = precision or inference_precision(device)
     if device.type == "cpu":
@@ -72,7 +70,8 @@ def _infer(
                 recon = model.decode(z)
                 out[i : i + batch_size] = recon.float().cpu()
                 if seg is not None:
-                    seg[i : i + batch_size] = segmentation(model, batch, recon).cpu()
+                    # the probability of damage at each pixel, given the image and its reconstruction
+                    seg[i : i + batch_size] = torch.sigmoid(model.segment(batch, recon).float()).cpu()
         latents[i : i + batch_size] = z.float().cpu()
     return out, latents, kl, seg
 

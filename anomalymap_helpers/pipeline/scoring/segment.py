@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.pipeline.model import ConvAutoencoder, RestoreNet
+from anomalymap_helpers.pipeline.scoring.inference import score
 
 
 def window_for(size: int) -> int:
@@ -25,11 +26,6 @@ def segment_scores(maps: torch.Tensor) -> torch.Tensor:
     """``(N,)`` scores of segmentation maps ``(N, 1, H, W)``: the largest window mean of each."""
     k = window_for(maps.shape[-1])
     return F.avg_pool2d(maps.float(), k, stride=1, padding=k // 2, count_include_pad=False).flatten(1).amax(1)
-
-
-def segmentation(model: RestoreNet, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
-    """The probability maps ``(B, 1, H, W)`` float32 of ``images`` given their reconstructions (one batch)."""
-    return torch.sigmoid(model.segment(images, reconstructions).float())
 
 
 class SegmentMaps:
@@ -45,6 +41,4 @@ class SegmentMaps:
         self.model = model
 
     def __call__(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        from anomalymap_helpers.pipeline.scoring.inference import score
-
         return score(self.model, images, batch_size=batch_size).segmentation
