@@ -353,21 +353,15 @@ def training_step(
     if noise is not None:
         out, mu, logvar = out
         kl = kl_divergence(mu, logvar).sum()
-    size = distributed.world().size
-    if size == 1:
+    if distributed.world().size == 1:
         loss = F.mse_loss(out.float(), batch)
         if kl is not None:
             loss = loss + beta * kl / batch.numel()
-        value = loss.item()
-    else:
-        squared = F.mse_loss(out.float(), batch, reduction="sum")
-        if kl is not None:
-            squared = squared + beta * kl
-        squared = squared * (1.0 if counts else 0.0)
-        elements = (global_batch or len(batch)) * batch[0].numel()
-        loss = squared * (size / elements)
-        value = distributed.all_sum(squared).item() / elements
-    return _optimizer_step(optimizer, scaler, loss, value)
+        return _optimizer_step(optimizer, scaler, loss, loss.item())
+    squared = F.mse_loss(out.float(), batch, reduction="sum")
+    if kl is not None:
+        squared = squared + beta * kl
+    return _step(optimizer, scaler, squared, len(batch), batch[0].numel(), global_batch, counts)
 
 
 def _optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor,
@@ -383,7 +377,9 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScal
 
 def _step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, total: torch.Tensor, n: int,
           numel: int, global_batch: int | None, counts: bool) -> float:
-    """A step on the summed loss ``total`` of ``n`` images of ``numel`` values each (see :func:`training_step`)."""
+    """A step on the summed loss ``total`` of ``n`` images of ``numel`` values each (see :func:`training_step`):
+    the one place the loss is scaled for several processes, so that DDP's average of their gradients is
+    the gradient of the mean over the global batch, and a stand-in share (``counts=False``) weighs 0."""
     size = distributed.world().size
     elements = (global_batch or n) * numel
     total = total * (1.0 if counts else 0.0)
