@@ -123,17 +123,21 @@ def run_speed(
     from anomalymap_helpers.pipeline import data
     from anomalymap_helpers.pipeline.device import resolve_device
     from anomalymap_helpers.pipeline.model import check_image_size
+    from anomalymap_helpers.pipeline.train import check_positive
 
     target = str(resolve_device(device))
 
     check_image_size(image_size)
     if channels not in (1, 3):
         raise ParameterError(f"--channels {channels}: use 1 (grayscale) or 3 (colour)")
+    data.SplitConfig(max_train=max_train, max_test=max_test)  # refuses a bad cap before any work
+    check_positive("profile_steps", profile_steps)
     if (image_size, channels) != (28, 1) and max_train is None:
         max_train = 2000
 
     data.prepare_mnist(data_dir, mnist_dir)  # once, here: two workers unpacking at once would race
-    args = (epochs, seed, Workload(str(resolve(data_dir)), mnist_dir, max_train, image_size, channels, target, max_test, profile_steps))
+    work = Workload(str(resolve(data_dir)), mnist_dir, max_train, image_size, channels, target, max_test, profile_steps)
+    args = (epochs, seed, work)
     ref = _Worker("reference loop", reference_worker, (*args, reference_retains_memory))
     proj = _Worker("project path", project_worker, args)
     try:

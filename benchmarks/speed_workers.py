@@ -49,7 +49,7 @@ class Workload:
 
         native = (self.image_size, self.channels) == (28, 1)
         mnist = data.load_mnist(self.data_dir, self.mnist_dir)
-        max_test = self.max_test or (None if native else 1000)
+        max_test = self.max_test if self.max_test is not None else None if native else 1000  # 0: all
         config = data.SplitConfig(max_train=self.max_train, max_test=max_test)
         splits = data.take(mnist, data.make_splits(mnist.train_labels, mnist.test_labels, config), config.anomaly_classes)
         if native:

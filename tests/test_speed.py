@@ -57,6 +57,14 @@ def test_speed_benchmark_reports_missing_data_clearly(tmp_path: Path) -> None:
     assert not (tmp_path / "speed" / "speed.json").exists()
 
 
+def test_speed_benchmark_refuses_a_bad_cap_before_any_work(mnist_dir: Path, tmp_path: Path) -> None:
+    for options, message in (({"max_test": 1}, "max_test=1: use a whole number of at least 2"),
+                             ({"max_train": -5}, "max_train=-5"), ({"profile_steps": 0}, "profile_steps=0")):
+        with pytest.raises(AnomalyMapError, match=message):
+            run_speed(1, str(tmp_path / "speed"), data_dir=str(tmp_path / "data"), mnist_dir=str(mnist_dir), **options)
+    assert not (tmp_path / "speed").exists() and not (tmp_path / "data").exists()
+
+
 def test_speed_benchmark_at_another_size_and_the_cpu_line(
     mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
