@@ -356,7 +356,7 @@ def _config_checks(values: Mapping[str, Any], given: Iterable[str]) -> None:
     """Check the values that only make sense together (the split's classes, the training config)."""
     from anomalymap_helpers.pipeline.data import SplitConfig
     from anomalymap_helpers.pipeline.data.sources import check_dataset
-    from anomalymap_helpers.pipeline.train import TrainConfig
+    from anomalymap_helpers.pipeline.training import TrainConfig
 
     dataset = values.get("dataset", "mnist")
     if "dataset" in values:
@@ -373,19 +373,12 @@ def _config_checks(values: Mapping[str, Any], given: Iterable[str]) -> None:
         from anomalymap_helpers.pipeline.distributed import check_nproc
 
         check_nproc(values["nproc"], values.get("device", "auto"))
-    values = {**values, "epochs": values.get("epochs") or 5, "batch_size": values.get("batch_size") or 256}
-    if "augment" in values:  # "auto" resolves by data set in notebook 02
-        from anomalymap_helpers.pipeline.augment import for_dataset
-
-        values = {**values, "augment": for_dataset(values["augment"], dataset)}
-    if "model" in values:  # "auto" resolves by data set in notebook 02
-        from anomalymap_helpers.pipeline.model import resolve_model
-
-        values = {**values, "model": resolve_model(values["model"], dataset)}
-    for config in (SplitConfig, TrainConfig):
-        names = [f.name for f in fields(config)]
-        if set(names) & set(given) - {"seed"}:
-            config(**{n: values[n] for n in names if n in values})
+    names = [f.name for f in fields(SplitConfig)]
+    if set(names) & set(given) - {"seed"}:
+        SplitConfig(**{n: values[n] for n in names if n in values})
+    if {f.name for f in fields(TrainConfig)} & set(given) - {"seed"}:  # as notebook 02 resolves it, epochs and
+        # batch_size aside (by data set, the split is not made yet)
+        TrainConfig.from_parameters(values).resolved(None, dataset)
 
 
 def validate(params: Mapping[str, Any], names: Iterable[str] | None = None) -> dict[str, Any]:

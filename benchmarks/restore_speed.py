@@ -1,7 +1,7 @@
 """How fast does the restore model train, with its head reading the image in cells or pixel by pixel?
 
 Times the restore model's training step (damage drawn, then the series' own
-:func:`~anomalymap_helpers.pipeline.train.training_step`: the MSE and focal losses, backward, fused
+:func:`~anomalymap_helpers.pipeline.training.training_step`: the MSE and focal losses, backward, fused
 Adam) on random images of ``--image-size`` (RGB, batch 16, the precision
 the series would use on this CPU), median of ``--repeats`` rounds of ``--steps`` steps, twice: with
 the head as the model builds it (:func:`~anomalymap_helpers.pipeline.model.head_cell`: 2x2 cells
@@ -27,15 +27,17 @@ import time
 def _rate(model, images, precision, steps: int, repeats: int) -> float:
     import torch
 
-    from anomalymap_helpers.pipeline import damage, train
+    from anomalymap_helpers.pipeline import training as train
 
     optimizer = train.new_optimizer(model, 1e-3)
     scaler = torch.amp.GradScaler("cpu", enabled=precision.use_grad_scaler)
     batch = train.to_device(images, torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
 
+    objective = train.objective_for("restore", model, precision)
+
     def step() -> None:  # the series' step: damage drawn for the batch, then train.training_step
-        train.training_step(model, optimizer, scaler, batch, precision, damaged=damage.damage(batch, batch, gen))
+        train.training_step(objective, optimizer, scaler, objective.draw(batch, batch, gen))
 
     for _ in range(2):  # warm-up: oneDNN picks its kernels
         step()

@@ -55,7 +55,8 @@ def run_curve(
     max_train: int | None = None,
 ) -> dict[str, Any]:
     """Train each schedule for each seed, measuring as it goes; print, write and plot the curves."""
-    from anomalymap_helpers.pipeline import data, train
+    from anomalymap_helpers.pipeline import data
+    from anomalymap_helpers.pipeline import training as train
     from benchmarks.machine import cpu_info
 
     plans = [(s, *parse_schedule(s)) for s in schedules]
@@ -116,7 +117,8 @@ class _Probe:
     def __call__(self, seen: int, model: Any) -> None:
         if seen < self.next and seen != self.last:
             return
-        from anomalymap_helpers.pipeline import metrics, scoring, train
+        from anomalymap_helpers.pipeline import metrics, scoring
+        from anomalymap_helpers.pipeline import training as train
 
         t0 = time.perf_counter()
         device = next(model.parameters()).device

@@ -37,7 +37,8 @@ def _main(args: argparse.Namespace) -> int:
     import torch
 
     from anomalymap_helpers.files.paths import RunFiles
-    from anomalymap_helpers.pipeline import augment, data, train
+    from anomalymap_helpers.pipeline import augment, data
+    from anomalymap_helpers.pipeline import training as train
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

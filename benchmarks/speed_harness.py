@@ -7,7 +7,7 @@ its own, the two taking turns epoch by epoch so that both see the same machine
 
 - the *reference loop*, written here as the original design had it: fp32, a
   DataLoader over a TensorDataset, batch 256, shuffled, Adam 1e-3;
-- the project's path, :func:`anomalymap_helpers.pipeline.train.train` with the
+- the project's path, :func:`anomalymap_helpers.pipeline.training.train` with the
   notebooks' defaults (bf16 + channels_last where the CPU supports bf16).
 
 It reports training images/s (median over epochs), peak resident memory, the
@@ -123,7 +123,7 @@ def run_speed(
     from anomalymap_helpers.pipeline import data
     from anomalymap_helpers.pipeline.device import resolve_device
     from anomalymap_helpers.pipeline.model import check_image_size
-    from anomalymap_helpers.pipeline.train import check_positive
+    from anomalymap_helpers.pipeline.training import check_positive
 
     target = str(resolve_device(device))
 

@@ -22,7 +22,7 @@ def step_breakdown(
     """Where a CPU training step's time goes: all of it, the convolutions and matrix products, the pooling.
 
     Times three rounds of ``steps`` steps of
-    :func:`~anomalymap_helpers.pipeline.train.training_step` on a fresh model of ``config``
+    :func:`~anomalymap_helpers.pipeline.training.training_step` on a fresh model of ``config``
     (a :class:`~anomalymap_helpers.pipeline.model.ModelConfig`; the median round counts),
     then profiles one more round. The convolutions and matrix products are work
     that no rewrite of the other operators removes, so
@@ -31,7 +31,7 @@ def step_breakdown(
     """
     from torch.profiler import ProfilerActivity, profile
 
-    from anomalymap_helpers.pipeline import train
+    from anomalymap_helpers.pipeline import training as train
     from anomalymap_helpers.pipeline.model import ConvAutoencoder
 
     model = ConvAutoencoder(config)
@@ -39,9 +39,11 @@ def step_breakdown(
     scaler = torch.amp.GradScaler("cpu", enabled=precision.use_grad_scaler)
     batch = train.to_device(images[:batch_size], torch.device("cpu"))
 
+    objective = train.objective_for("ae", model, precision)
+
     def run(n: int) -> None:
         for _ in range(n):
-            train.training_step(model, optimizer, scaler, batch, precision)
+            train.training_step(objective, optimizer, scaler, {"images": batch})
 
     run(5)  # warm-up: oneDNN builds its kernels on the first calls
     rounds = []

@@ -156,7 +156,8 @@ def reference_worker(conn: Connection, epochs: int, seed: int, work: Workload, r
 
 def project_worker(conn: Connection, epochs: int, seed: int, work: Workload) -> dict:
     """The project's path: train.train, then the scoring and t-SNE the notebooks use."""
-    from anomalymap_helpers.pipeline import data, latent, scoring, train
+    from anomalymap_helpers.pipeline import data, latent, scoring
+    from anomalymap_helpers.pipeline import training as train
 
     def next_epoch(record: dict[str, float]) -> None:
         conn.send(("epoch", record["images_per_s"]))

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomalymap_helpers.pipeline import scoring, train
+from anomalymap_helpers.pipeline import scoring
+from anomalymap_helpers.pipeline import training as train
 from anomalymap_helpers.pipeline.device import Precision
 from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
 

@@ -257,7 +257,7 @@ def test_a_failing_rank_ends_the_other_and_is_named(run_dir: Path, tmp_path: Pat
     results = splits_only(run_dir, tmp_path / "run")
     script = tmp_path / "fail_on_rank_1.py"
     script.write_text(textwrap.dedent(f"""
-        from anomalymap_helpers.pipeline import distributed, train
+        from anomalymap_helpers.pipeline import distributed, training as train
         from anomalymap_helpers.tools.training import train_run
 
         real = train.train

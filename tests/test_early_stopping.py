@@ -13,7 +13,10 @@ import torch
 
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.files.paths import RunFiles
-from anomalymap_helpers.pipeline import augment, checkpoint, train
+from anomalymap_helpers.pipeline import augment, checkpoint
+from anomalymap_helpers.pipeline import training as train
+from anomalymap_helpers.pipeline.device import resolve_precision
+from anomalymap_helpers.tools.training import diagnose
 
 # 16 images memorised in a few dozen steps: the validation loss turns up and training stops.
 SMALL = dict(device="cpu", batch_size=8, lr=3e-3, epochs=40, patience=2, latent_dim=64)
@@ -46,7 +49,7 @@ def test_stopping_by_patience_keeps_the_best_epoch_and_saves_it(few, tmp_path: P
     saved = _weights(checkpoint.load_model(files.model))
     assert all(torch.equal(mine[k], saved[k]) for k in mine)
     assert checkpoint.read_metadata(files.model)["epoch"] == b
-    assert train.mean_loss(result.model, v, train.resolve_precision(torch.device("cpu"), True, warn=False)) == pytest.approx(
+    assert train.mean_loss(result.model, v, resolve_precision(torch.device("cpu"), True, warn=False)) == pytest.approx(
         losses[b - 1], rel=1e-6)
     meta = json.loads(files.model_config.read_text())
     assert meta["best_epoch"] == b and meta["epochs_completed"] == b + 2
@@ -88,23 +91,23 @@ def test_resume_after_an_interrupt_gives_the_same_best_epoch_and_weights(few, tm
 
 
 def test_the_check_in_02_names_each_case() -> None:
-    memorised = train.diagnose(_history([0.030, 0.0203, 0.024, 0.0268], [0.025, 0.015, 0.010, 0.007]), 0.02328, 180)
+    memorised = diagnose(_history([0.030, 0.0203, 0.024, 0.0268], [0.025, 0.015, 0.010, 0.007]), 0.02328, 180)
     assert (memorised.ok, memorised.case) == (True, "memorised")
     assert "memorised its 180 training images" in memorised.message and "epoch 2" in memorised.message
     assert "more normal images, augmentation" in memorised.message and "smaller latent_dim" in memorised.message
-    worse = train.diagnose(_history([0.030, 0.0250, 0.026, 0.0268], [0.025, 0.015, 0.010, 0.007]), 0.02328, 180)
+    worse = diagnose(_history([0.030, 0.0250, 0.026, 0.0268], [0.025, 0.015, 0.010, 0.007]), 0.02328, 180)
     assert (worse.ok, worse.case) == (False, "memorised") and "does no better than the mean image" in worse.message
     assert "train longer" not in worse.message  # the advice the old check gave, the wrong way round
-    learning = train.diagnose(_history([0.050, 0.040, 0.030], [0.060, 0.045, 0.035]), 0.02328)
+    learning = diagnose(_history([0.050, 0.040, 0.030], [0.060, 0.045, 0.035]), 0.02328)
     assert (learning.ok, learning.case) == (False, "still learning") and "train longer" in learning.message
-    stuck = train.diagnose(_history([0.030, 0.031, 0.0305], [0.030, 0.0301, 0.0302]), 0.02328)
+    stuck = diagnose(_history([0.030, 0.031, 0.0305], [0.030, 0.0301, 0.0302]), 0.02328)
     assert (stuck.ok, stuck.case) == (False, "not learning") and "another lr" in stuck.message
     assert "model='restore'" in stuck.message
-    fine = train.diagnose(_history([0.0081, 0.0052], [0.029, 0.0063]), 0.06777)
+    fine = diagnose(_history([0.0081, 0.0052], [0.029, 0.0063]), 0.06777)
     assert fine.ok and fine.case in ("learned", "still learning")
-    fine = train.diagnose(_history([0.0081, 0.0052, 0.0053], [0.029, 0.0063, 0.0062]), 0.06777)
+    fine = diagnose(_history([0.0081, 0.0052, 0.0053], [0.029, 0.0063, 0.0062]), 0.06777)
     assert (fine.ok, fine.case) == (True, "learned") and "beats the mean image" in fine.message
-    once = train.diagnose(_history([0.073], [0.118]), 0.069)
+    once = diagnose(_history([0.073], [0.118]), 0.069)
     assert (once.ok, once.case) == (False, "still learning") and "One epoch is too few" in once.message
     for d in (memorised, worse, learning, stuck, fine, once):
         print(f"{d.case}: {d.message}")

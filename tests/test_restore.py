@@ -13,7 +13,8 @@ import torch
 
 from anomalymap_helpers.errors import CheckpointError, ParameterError
 from anomalymap_helpers.files.paths import RunFiles
-from anomalymap_helpers.pipeline import checkpoint, damage, metrics, scoring, train
+from anomalymap_helpers.pipeline import checkpoint, damage, metrics, scoring
+from anomalymap_helpers.pipeline import training as train
 from anomalymap_helpers.pipeline.device import Precision
 from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig, RestoreNet
 from anomalymap_helpers.runs.opened import Run
@@ -143,7 +144,8 @@ def test_restore_training_learns_and_resumes_exactly(textures, tmp_path: Path) -
     # the validation loss is the fixed damaged set's, and the laziest model's is far above it
     clean, damaged, masks = train.restore_validation(x, v)
     assert len(clean) == train.RESTORE_VAL_COPIES * len(v)
-    loss = train.restore_val_loss(whole.model, clean, damaged, masks, FP32)
+    loss = train.validation_loss(train.objective_for("restore", whole.model, FP32),
+                                {"images": clean, "damaged": damaged, "masks": masks})
     assert loss == pytest.approx(whole.history[whole.best_epoch - 1]["val_loss"], rel=1e-5)
     assert train.baseline_loss("restore", x, v) > loss
 

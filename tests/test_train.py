@@ -16,7 +16,11 @@ import torch
 
 from anomalymap_helpers.errors import ParameterError, TrainingError
 from anomalymap_helpers.files.paths import RunFiles
-from anomalymap_helpers.pipeline import checkpoint, train
+from anomalymap_helpers.pipeline import checkpoint
+from anomalymap_helpers.pipeline import training as train
+from anomalymap_helpers.pipeline.device import resolve_device, resolve_precision
+from anomalymap_helpers.pipeline.model import ConvAutoencoder
+from anomalymap_helpers.pipeline.training.checkpointing import _Interrupts
 
 # Marked `precision`: run again with the other CPU precision in `make test` (fp32 on a bf16 CPU,
 # emulated bf16 elsewhere); the slow end-to-end ones run once.
@@ -33,7 +37,7 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_training_lowers_the_loss(small_normals) -> None:
     x, v = small_normals
     cfg = train.TrainConfig(epochs=3, **CPU)
-    before = train.mean_loss(train.ConvAutoencoder(), v, train.resolve_precision(torch.device("cpu"), False))
+    before = train.mean_loss(ConvAutoencoder(), v, resolve_precision(torch.device("cpu"), False))
     result = train.train(x, v, cfg, progress=False)
     losses = [h["val_loss"] for h in result.history]
     assert len(losses) == 3
@@ -152,24 +156,48 @@ def test_interrupt_between_epochs_names_the_saved_checkpoint(
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("epochs", 0), ("batch_size", -1), ("lr", 0.0), ("latent_dim", 2.5), ("epochs", True), ("lr", float("inf"))],
+    [("epochs", -1), ("batch_size", -1), ("batch_size", 1.5), ("lr", 0.0), ("latent_dim", 2.5), ("epochs", True),
+     ("lr", float("inf")), ("model", "gan"), ("augment", "blur")],
 )
 def test_non_positive_settings_are_named(field: str, value: object) -> None:
     with pytest.raises(ParameterError, match=field):
         train.TrainConfig(**{field: value})
 
 
+def test_train_config_defaults_are_notebook_02s_and_resolve_in_one_place() -> None:
+    """TrainConfig() is notebook 02's parameters' defaults; resolved() sets "by data set" as schedule_for,
+    resolve_model and for_dataset say, and the runner's resume check and 02's config go through it."""
+    from dataclasses import fields
+
+    from anomalymap_helpers import parameters
+    from anomalymap_helpers.pipeline import augment
+    from anomalymap_helpers.tools.training import config_for
+
+    defaults = train.TrainConfig()
+    for f in fields(train.TrainConfig):
+        if f.name in parameters.BY_NAME:
+            assert getattr(defaults, f.name) == parameters.BY_NAME[f.name].default, f.name
+    assert defaults.epochs == defaults.batch_size == 0 and defaults.model == "auto"
+    folder = defaults.resolved(180, "folder")
+    assert (folder.epochs, folder.batch_size) == train.schedule_for(180, 0, 0, "restore") and folder.model == "restore"
+    aug = train.TrainConfig(augment="auto")
+    assert aug.resolved(180, "folder").augment == augment.AUGMENTATIONS and aug.resolved(180, "mnist").augment == ()
+    assert defaults.resolved(None, "mnist").epochs == 0  # the split not made yet: left by data set
+    values = parameters.validate({}, [p.name for p in parameters.for_notebook("02")])
+    assert config_for(values, 180, "folder") == folder
+
+
 def test_cuda_where_there_is_none_says_how_to_run_on_cpu() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ParameterError, match="device='cpu'"):
-        train.resolve_device("cuda")
+        resolve_device("cuda")
 
 
 _CHILD = textwrap.dedent(
     """
     import sys, torch
-    from anomalymap_helpers.pipeline import train
+    from anomalymap_helpers.pipeline import training as train
     from anomalymap_helpers.files.paths import RunFiles
     torch.manual_seed(5)
     x = torch.rand(3000, 1, 28, 28); v = torch.rand(200, 1, 28, 28)
@@ -213,7 +241,7 @@ def test_sigterm_keeps_the_last_epoch_and_resume_matches(tmp_path: Path) -> None
 _FAULTS = """
 import resource, sys, torch
 from anomalymap_helpers.pipeline import device
-from anomalymap_helpers.pipeline import train
+from anomalymap_helpers.pipeline import training as train
 from anomalymap_helpers.pipeline.model import ConvAutoencoder
 
 if sys.argv[1] == "retain":
@@ -226,9 +254,10 @@ model = ConvAutoencoder()
 optimizer = train.new_optimizer(model, 1e-3)
 scaler = torch.amp.GradScaler("cpu", enabled=False)
 fp32 = device.Precision("fp32", "cpu")
+objective = train.objective_for("ae", model, fp32)
 x = torch.rand(256, 1, 28, 28).contiguous(memory_format=torch.channels_last)
 def step():
-    train.training_step(model, optimizer, scaler, x, fp32)
+    train.training_step(objective, optimizer, scaler, {"images": x})
 for _ in range(5):  # warm up: first allocations always fault their pages in
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -256,7 +285,7 @@ def test_retained_memory_stops_page_faults_on_every_step() -> None:
 
 
 def test_a_signal_during_a_checkpoint_waits_for_its_last_file() -> None:
-    interrupts = train._Interrupts()
+    interrupts = _Interrupts()
     written = []
     with pytest.raises(KeyboardInterrupt, match="signal 15"), interrupts.held():
         written.append("training_state")

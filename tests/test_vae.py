@@ -11,7 +11,8 @@ from torch.distributions import Normal, kl_divergence
 from anomalymap_helpers.errors import CheckpointError, ParameterError
 from anomalymap_helpers.files import storage
 from anomalymap_helpers.files.paths import RunFiles
-from anomalymap_helpers.pipeline import checkpoint, scoring, train
+from anomalymap_helpers.pipeline import checkpoint, scoring
+from anomalymap_helpers.pipeline import training as train
 from anomalymap_helpers.pipeline.device import Precision, inference_precision
 from anomalymap_helpers.pipeline.model import VAE_ARCHITECTURE, ConvAutoencoder, ConvVAE, ModelConfig, build_model
 
@@ -45,9 +46,12 @@ def test_vae_mean_is_its_latent_and_noise_samples_around_it() -> None:
         torch.testing.assert_close(model.encode(x), mu)
         torch.testing.assert_close(model(x), model.decode(mu))  # no noise: the mean's reconstruction
         noise = torch.randn(5, 8)
-        out, mu2, logvar2 = model(x, noise)
-        torch.testing.assert_close(out, model.decode(mu + (0.5 * logvar).exp() * noise))
-        torch.testing.assert_close((mu2, logvar2), (mu, logvar))
+        drawn = model.sample(x, noise)
+        torch.testing.assert_close(drawn.reconstruction, model.decode(mu + (0.5 * logvar).exp() * noise))
+        torch.testing.assert_close((drawn.latents, drawn.logvar), (mu, logvar))
+        seen = model.infer(x)  # every model's one call: the mean's reconstruction, mu and logvar, the KL term
+        torch.testing.assert_close((seen.reconstruction, seen.latents, seen.logvar), (model(x), mu, logvar))
+        torch.testing.assert_close(seen.kl.double(), _reference_kl(mu, logvar), rtol=1e-5, atol=1e-6)  # fp32 sums
     assert model.config.architecture == VAE_ARCHITECTURE and model.config.model == "vae"
     assert type(build_model(ModelConfig(architecture=VAE_ARCHITECTURE))) is ConvVAE
     assert type(build_model(ModelConfig())) is ConvAutoencoder
@@ -67,14 +71,16 @@ def test_training_step_loss_is_the_beta_weighted_negative_elbo_per_pixel() -> No
     model = _vae()
     x, noise = torch.rand(6, 1, 28, 28), torch.randn(6, 8)
     with torch.no_grad():
-        out, mu, logvar = model(x, noise)
+        out = model.sample(x, noise)
+        out, mu, logvar = out.reconstruction, out.latents, out.logvar
         sse = ((out.double() - x.double()) ** 2).flatten(1).sum(1)
         for beta in (1.0, 0.25):
             expected = ((sse + beta * _reference_kl(mu, logvar)) / x[0].numel()).mean().item()
             optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
             scaler = torch.amp.GradScaler("cpu", enabled=False)
             with torch.enable_grad():
-                value = train.training_step(model, optimizer, scaler, x, FP32, noise=noise, beta=beta)
+                value = train.training_step(train.objective_for("vae", model, FP32, beta), optimizer, scaler,
+                                             {"images": x, "noise": noise})
             assert value == pytest.approx(expected, rel=1e-5)
 
 

@@ -2,7 +2,7 @@
 
 ``torchrun --standalone --nproc-per-node N -m anomalymap_helpers train --results DIR`` starts N
 processes; each joins one process group (``gloo`` on CPU, ``nccl`` on CUDA, one GPU per
-process), and :func:`anomalymap_helpers.pipeline.train.train` then gives each its share of
+process), and :func:`anomalymap_helpers.pipeline.training.train` then gives each its share of
 every global batch (``batch_size`` images whatever N is), averages the gradients with
 DistributedDataParallel, and lets rank 0 alone write checkpoints and history.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -109,13 +110,36 @@ def resolve_model(model: str, dataset: str) -> str:
     return AUTO_MODELS.get(dataset, "ae") if model == "auto" else check_model(model)
 
 
-def build_model(config: ModelConfig) -> ConvAutoencoder:
+def build_model(config: ModelConfig) -> Model:
     """The module of ``config.architecture``: :class:`ConvAutoencoder`, :class:`ConvVAE` or :class:`RestoreNet`."""
-    if config.architecture == VAE_ARCHITECTURE:
-        return ConvVAE(config)
-    if config.architecture == RESTORE_ARCHITECTURE:
-        return RestoreNet(config)
-    return ConvAutoencoder(config)
+    return MODEL_CLASSES[config.model](config) if config.model in MODEL_CLASSES else ConvAutoencoder(config)
+
+
+def outputs_of(model: str) -> tuple[str, ...]:
+    """What :meth:`~ConvAutoencoder.infer` gives for model kind ``model`` (the :class:`Inference` fields it fills)."""
+    return MODEL_CLASSES[check_model(model)].outputs
+
+
+@dataclass(frozen=True)
+class Inference:
+    """What a model gives for a batch of images (:meth:`ConvAutoencoder.infer`), every kind the same call.
+
+    Attributes:
+        reconstruction: ``(B, C, H, W)`` in [0, 1]; None where it was not asked for (``decode=False``).
+        latents: ``(B, latent_dim)``: the codes (a VAE's, the means of q(z|x)).
+        logvar: ``(B, latent_dim)``: a VAE's log-variances of q(z|x); else None.
+        segmentation: ``(B, 1, H, W)``: the restore model's logits of "this pixel is damaged"; else None.
+    """
+
+    reconstruction: torch.Tensor | None
+    latents: torch.Tensor
+    logvar: torch.Tensor | None = None
+    segmentation: torch.Tensor | None = None
+
+    @property
+    def kl(self) -> torch.Tensor | None:
+        """``(B,)`` a VAE's KL divergence of q(z|x) from the prior, in nats (:func:`kl_divergence`); else None."""
+        return None if self.logvar is None else kl_divergence(self.latents, self.logvar)
 
 
 class ConvAutoencoder(nn.Module):
@@ -149,6 +173,8 @@ class ConvAutoencoder(nn.Module):
     at any size) and the parameter count modest. At 28x28 both are empty: the same
     layers, names and checkpoints as before.
     """
+
+    outputs: tuple[str, ...] = ("reconstruction", "latents")  # the Inference fields infer() fills
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
@@ -238,17 +264,29 @@ class ConvAutoencoder(nn.Module):
         """Reconstruct images ``(B, C, H, W)``; same shape out."""
         return self.decode(self.encode(x))
 
+    @property
+    def autoencoder(self) -> ConvAutoencoder:
+        """The part that reconstructs: the model itself (a restore model holds one beside its head)."""
+        return self
+
+    def infer(self, x: torch.Tensor, *, decode: bool = True) -> Inference:
+        """The latents of images ``x`` ``(B, C, H, W)`` and, with ``decode``, their reconstructions."""
+        z = self.encode(x)
+        return Inference(self.decode(z) if decode else None, z)
+
 
 class ConvVAE(ConvAutoencoder):
     """The variational autoencoder: the same encoder and decoder, a Gaussian bottleneck.
 
     The encoder's last Linear gives the mean ``mu`` of q(z|x) (``encoder.7``, as in the
     autoencoder) and a second Linear of the same shape its log-variance (``encoder_logvar``).
-    Training decodes a sample ``z = mu + exp(logvar / 2) * noise`` and adds
-    ``beta * KL(q(z|x) || N(0, I))`` to the reconstruction error (``train.training_step``), so
-    the latent codes are pulled towards one smooth, standard-normal cloud. Scoring, the
-    latents and :meth:`forward` without noise use ``mu``: deterministic, like the autoencoder.
+    Training decodes a sample ``z = mu + exp(logvar / 2) * noise`` (:meth:`sample`) and adds
+    ``beta * KL(q(z|x) || N(0, I))`` to the reconstruction error (its objective, ``ELBO`` in
+    ``training/objectives.py``), so the latent codes are pulled towards one smooth, standard-normal
+    cloud. Scoring, the latents and :meth:`forward` use ``mu``: deterministic, like the autoencoder.
     """
+
+    outputs = ("reconstruction", "latents", "logvar")
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         config = replace(config or ModelConfig(), architecture=VAE_ARCHITECTURE)
@@ -260,15 +298,16 @@ class ConvVAE(ConvAutoencoder):
         h = self._features(x)
         return self._nhwc_linear(self.encoder[7], h), self._nhwc_linear(self.encoder_logvar, h)
 
-    def forward(  # type: ignore[override]
-        self, x: torch.Tensor, noise: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Without ``noise``: the reconstruction of ``mu``. With ``noise`` ``(B, latent_dim)``
-        (standard normal): ``(reconstruction of the sample, mu, logvar)`` for the training loss."""
-        if noise is None:
-            return self.decode(self.encode(x))
+    def infer(self, x: torch.Tensor, *, decode: bool = True) -> Inference:
+        """The means ``mu`` as the latents, their log-variances and, with ``decode``, the reconstruction of ``mu``."""
         mu, logvar = self.encode_stats(x)
-        return self.decode(mu + torch.exp(0.5 * logvar) * noise.to(mu.dtype)), mu, logvar
+        return Inference(self.decode(mu) if decode else None, mu, logvar)
+
+    def sample(self, x: torch.Tensor, noise: torch.Tensor) -> Inference:
+        """With ``noise`` ``(B, latent_dim)`` (standard normal): the reconstruction of the sample
+        ``mu + exp(logvar / 2) * noise``, with ``mu`` and ``logvar``, for the training loss."""
+        mu, logvar = self.encode_stats(x)
+        return Inference(self.decode(mu + torch.exp(0.5 * logvar) * noise.to(mu.dtype)), mu, logvar)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -314,37 +353,84 @@ class SegmentationHead(nn.Module):
         return F.pixel_shuffle(x, self.cell) if self.cell > 1 else x
 
 
-class RestoreNet(ConvAutoencoder):
+class RestoreNet(nn.Module):
     """The defect-learning model (``model="restore"``): an autoencoder that restores synthetic
     damage, and a segmentation head that says where it was.
 
-    Trained on normal images damaged by :mod:`~anomalymap_helpers.pipeline.damage`: the
-    autoencoder (the same layers as :class:`ConvAutoencoder`) is asked for the *undamaged*
-    image, and the :class:`SegmentationHead` reads the input, its reconstruction and their
-    absolute difference and predicts the damaged pixels (DRAEM's reconstructive and
-    discriminative networks, Zavrtanik et al., ICCV 2021, at a laptop's size). The head reads the
-    reconstruction without passing its gradient back, so the autoencoder only ever learns to
-    restore. :meth:`forward` is the reconstruction, as every model's; :meth:`segment` is the
-    per-pixel logit of "damaged", whose sigmoid is the ``segment`` score's map.
+    Made of two parts: :attr:`autoencoder`, a :class:`ConvAutoencoder`, and :attr:`head`, a
+    :class:`SegmentationHead`. Trained on normal images damaged by
+    :mod:`~anomalymap_helpers.pipeline.damage`: the autoencoder is asked for the *undamaged* image,
+    and the head reads the input, its reconstruction and their absolute difference and predicts the
+    damaged pixels (DRAEM's reconstructive and discriminative networks, Zavrtanik et al., ICCV 2021,
+    at a laptop's size). The head reads the reconstruction without passing its gradient back, so the
+    autoencoder only ever learns to restore. :meth:`forward` is the reconstruction, as every model's;
+    :meth:`infer` adds the per-pixel logits of "damaged", whose sigmoid is the ``segment`` score's map.
+
+    Its checkpoints name the autoencoder's weights as a :class:`ConvAutoencoder`'s (``encoder.0.weight``,
+    not ``autoencoder.encoder.0.weight``), beside ``head.*``: the files of ``conv-restore-v1``.
     """
 
+    outputs = ("reconstruction", "latents", "segmentation")
+
     def __init__(self, config: ModelConfig | None = None) -> None:
-        config = replace(config or ModelConfig(), architecture=RESTORE_ARCHITECTURE)
-        super().__init__(config)
-        self.head = SegmentationHead(3 * config.channels, cell=head_cell(config.image_size))
+        super().__init__()
+        self.config = replace(config or ModelConfig(), architecture=RESTORE_ARCHITECTURE)
+        self.autoencoder = ConvAutoencoder(replace(self.config, architecture=ARCHITECTURE))
+        self.head = SegmentationHead(3 * self.config.channels, cell=head_cell(self.config.image_size))
         self.to(memory_format=torch.channels_last)
+        self.register_state_dict_post_hook(_unprefixed)
+        self.register_load_state_dict_pre_hook(_prefixed)
+
+    @property
+    def _grid(self) -> int:
+        return self.autoencoder._grid
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.encode(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(z)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.feature_map(x)
 
     def segment(self, x: torch.Tensor, reconstruction: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``(B, 1, H, W)`` of "this pixel is damaged" for images ``x`` ``(B, C, H, W)``."""
-        r = (self.decode(self.encode(x)) if reconstruction is None else reconstruction).detach().to(x.dtype)
+        r = (self.autoencoder(x) if reconstruction is None else reconstruction).detach().to(x.dtype)
         return self.head(torch.cat([x, r, (x - r).abs()], 1))
 
-    def forward(  # type: ignore[override]
-        self, x: torch.Tensor, segment: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """The reconstruction; with ``segment``, ``(reconstruction, logits)`` for the training loss."""
-        r = self.decode(self.encode(x))
-        return (r, self.segment(x, r)) if segment else r
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction of images ``x``, as every model's."""
+        return self.autoencoder(x)
+
+    def infer(self, x: torch.Tensor, *, decode: bool = True) -> Inference:
+        """The autoencoder's latents and, with ``decode``, its reconstruction and the head's logits."""
+        out = self.autoencoder.infer(x, decode=decode)
+        r = out.reconstruction
+        return out if r is None else Inference(r, out.latents, segmentation=self.segment(x, r))
+
+
+def _unprefixed(module: nn.Module, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """State-dict hook: the autoencoder's weights under the names of a :class:`ConvAutoencoder`'s."""
+    inner = prefix + "autoencoder."
+    items = list(state.items())
+    state.clear()  # refilled in the same order
+    state.update((prefix + k[len(inner):] if k.startswith(inner) else k, v) for k, v in items)
+
+
+def _prefixed(module: nn.Module, state: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Load pre-hook: :func:`_unprefixed`'s names back under ``autoencoder.``."""
+    own = (prefix + "head.", prefix + "autoencoder.")
+    items = list(state.items())
+    state.clear()
+    state.update((prefix + "autoencoder." + k[len(prefix):] if k.startswith(prefix) and not k.startswith(own) else k, v)
+                 for k, v in items)
+
+
+# Every model kind's module, by the ``model`` parameter's value; a new kind adds its class here and its
+# objective in training/objectives.py (OBJECTIVES), and what the rest of the package types a model as.
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"ae": ConvAutoencoder, "vae": ConvVAE, "restore": RestoreNet}
+Model = ConvAutoencoder | ConvVAE | RestoreNet
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

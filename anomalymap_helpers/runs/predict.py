@@ -229,7 +229,8 @@ def predict(
             raise ParameterError(f"no image files in {', '.join(map(str, inputs))} (looked for .png, .jpg, ...)")
         batches, total = _decoded(paths, size, channels, batch_size, skipped), len(paths)
     scorer = run.scorer(blur)
-    own = None if method == "segment" else run.score_maps(method)
+    entry = scoring.REGISTRY[method]
+    own = None if entry.map_in_scored else run.score_maps(method)
     val = scoring.read_scores(run.files.require(run.files.scores, "03_evaluation"), "val")[1]
     out: dict[str, list[Any]] = {k: [] for k in ("names", "notes", "scores", "maps", "images", "matches")}
     for x, names, notes in batches:
@@ -241,7 +242,7 @@ def predict(
             maps, match = own.explain(x)
             out["matches"].append(match)
         else:
-            maps = scored.pixel_maps(method) if own is None else own(x)
+            maps = entry.pixel_map(scored) if own is None else own(x)
         out["maps"].append(maps.float())
         out["images"].append(x)
         out["names"] += names

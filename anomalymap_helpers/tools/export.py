@@ -37,7 +37,7 @@ from torch import nn
 from anomalymap_helpers.errors import MissingInputError, ParameterError
 from anomalymap_helpers.files import storage
 from anomalymap_helpers.pipeline import scoring
-from anomalymap_helpers.pipeline.model import ConvAutoencoder, ReferenceAutoencoder, RestoreNet, SegmentationHead
+from anomalymap_helpers.pipeline.model import ConvAutoencoder, Model, ReferenceAutoencoder, SegmentationHead
 
 INPUTS = ("uint8", "float")
 OPSET = 18
@@ -62,7 +62,7 @@ class Detector(nn.Module):
 
     def __init__(
         self,
-        model: ConvAutoencoder,
+        model: Model,
         method: str,
         blur: float,
         reference: torch.Tensor | None = None,
@@ -75,7 +75,7 @@ class Detector(nn.Module):
     ) -> None:
         super().__init__()
         copy = ConvAutoencoder(model.config)
-        copy.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("head.")})
+        copy.load_state_dict(model.autoencoder.state_dict())  # the part that reconstructs
         self.net = ReferenceAutoencoder(copy.cpu().float()).eval()
         self.method, self.blur, self.k, self.topk, self.uint8 = method, float(blur), k, topk, uint8
         self.stats = dict(stats or {})
@@ -91,7 +91,7 @@ class Detector(nn.Module):
         self.patch_k, self.smooth = scoring.PATCH_NEIGHBOURS, scoring.PATCH_SMOOTH
         self.head = None
         if method == "segment":
-            if not isinstance(model, RestoreNet):
+            if not scoring.REGISTRY[method].applies_to(model.config.model):
                 raise ValueError("score method 'segment' needs the restore model")
             self.head = SegmentationHead(3 * model.config.channels, cell=model.head.cell)
             self.head.load_state_dict(model.head.state_dict())
@@ -312,7 +312,7 @@ def check_export(path: str | os.PathLike[str], run: Any, batch_size: int = 512) 
 
     def torch_path() -> tuple[torch.Tensor, ...]:
         test = scoring.score(model, images, blur=blur, precision=fp32)
-        return test.maps, scorer.all_scores(test)[method], test.pixel_maps(method)
+        return test.maps, scorer.all_scores(test)[method], scoring.pixel_maps(test, method)
 
     rates = {}
     for name, fn in (("onnxruntime", onnx_path), ("pytorch", torch_path)):

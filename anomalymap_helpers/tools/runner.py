@@ -27,7 +27,7 @@ from anomalymap_helpers import parameters
 from anomalymap_helpers.errors import AnomalyMapError, ParameterError
 from anomalymap_helpers.files.paths import DEFAULT_RESULTS_DIR, RunFiles, project_root, resolve
 from anomalymap_helpers.pipeline.progress import HEADLESS_ENV
-from anomalymap_helpers.pipeline.train import TrainConfig, check_resume
+from anomalymap_helpers.pipeline.training import TrainConfig, check_resume
 from anomalymap_helpers.tools.progress import NotebookEcho
 
 PATH_PARAMETERS = ("results_dir", "data_dir", "mnist_dir")
@@ -88,24 +88,10 @@ def check_parameters(params: dict[str, Any], notebooks: list[Path]) -> dict[str,
     values = parameters.validate(params, [p.name for p in parameters.PARAMETERS if numbers & set(p.notebooks)])
     files = RunFiles.at(values["results_dir"])
     if values.get("resume") and files.training_state.exists():
-        from anomalymap_helpers.pipeline import checkpoint
-
-        # epochs=0 and batch_size=0 ("by data set") are resolved by notebook 02 on the split;
-        # here they stand for the checkpoint's own values, so only a real difference is refused.
-        saved = checkpoint.read_metadata(files.training_state, "training state").get("train_config", {})
-        given = {k: values[k] for k in TrainConfig.__dataclass_fields__ if k in values}
-        if "augment" in given:  # "auto" by data set, as notebook 02 resolves it
-            from anomalymap_helpers.pipeline.augment import for_dataset
-
-            given["augment"] = for_dataset(given["augment"], values.get("dataset", "mnist"))
-        if "model" in given:  # "auto" by data set, as notebook 02 resolves it
-            from anomalymap_helpers.pipeline.model import resolve_model
-
-            given["model"] = resolve_model(given["model"], values.get("dataset", "mnist"))
-        for key in ("epochs", "batch_size"):
-            if given.get(key) == 0:
-                given[key] = saved.get(key) or 1
-        check_resume(files, TrainConfig(**given))
+        # epochs=0 and batch_size=0 ("by data set") are resolved by notebook 02 on the split, not made yet:
+        # check_resume takes them for the checkpoint's own values, so only a real difference is refused.
+        config = TrainConfig.from_parameters(values).resolved(None, values.get("dataset", "mnist"))
+        check_resume(files, config)
     return values
 
 

@@ -1,4 +1,8 @@
-"""Notebook 02's training step as a command, so ``torchrun`` can start it in several processes.
+"""Notebook 02's helpers: its config, its check of a training history, and its step as a command.
+
+:func:`config_for` builds notebook 02's :class:`~anomalymap_helpers.pipeline.training.TrainConfig`;
+:func:`diagnose` says whether the model learned and, if not, why. The training step as a command,
+so ``torchrun`` can start it in several processes:
 
 ``python -m anomalymap_helpers train --results DIR [-p NAME VALUE]...`` trains the run
 folder's model from the splits notebook 01 wrote, with notebook 02's parameters (and
@@ -12,12 +16,15 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from anomalymap_helpers import parameters
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.files.paths import DEFAULT_RESULTS_DIR, RunFiles, resolve
-from anomalymap_helpers.pipeline import checkpoint, distributed, train
+from anomalymap_helpers.pipeline import checkpoint, distributed
+from anomalymap_helpers.pipeline import training as train
+from anomalymap_helpers.pipeline.training import best_epoch
 from anomalymap_helpers.runs import report
 
 # Notebook 02's parameters the command takes; nproc is torchrun's --nproc-per-node.
@@ -38,17 +45,73 @@ def check_params(params: Mapping[str, Any], results_dir: str | None = None) -> d
 
 
 def config_for(values: Mapping[str, Any], n_train: int, dataset: str = "mnist") -> train.TrainConfig:
-    """The :class:`~anomalymap_helpers.pipeline.train.TrainConfig` notebook 02 builds from its parameters."""
-    from anomalymap_helpers.pipeline import augment
-    from anomalymap_helpers.pipeline.model import resolve_model
+    """The :class:`~anomalymap_helpers.pipeline.training.TrainConfig` notebook 02 builds from its parameters,
+    resolved for its ``n_train`` training images of ``dataset``."""
+    return train.TrainConfig.from_parameters(values).resolved(n_train, dataset)
 
-    model = resolve_model(values["model"], dataset)
-    epochs, batch_size = train.schedule_for(n_train, values["epochs"], values["batch_size"], model)
-    return train.TrainConfig(
-        epochs, batch_size, values["lr"], values["latent_dim"], values["seed"], values["device"], values["amp"],
-        model=model, beta=values["beta"], patience=values["patience"],
-        augment=augment.for_dataset(values["augment"], dataset),
-    )
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """What notebook 02's check says of a training history (:func:`diagnose`).
+
+    Attributes:
+        ok: Whether the model beats the mean image on the validation normals at its best epoch.
+        case: ``"learned"``, ``"memorised"`` (the validation loss rose after its lowest while the
+            training loss fell), ``"still learning"`` (both still falling at the last epoch) or
+            ``"not learning"`` (neither: no better than the mean image, nothing to wait for).
+        message: What to tell the user, with what helps.
+    """
+
+    ok: bool
+    case: str
+    message: str
+
+
+RISE = 0.02  # a validation loss this much above its lowest counts as rising
+
+
+def diagnose(history: list[dict[str, float]], baseline: float, n_train: int | None = None,
+             model: str = "ae") -> Diagnosis:
+    """Compare the best epoch's validation loss with ``baseline`` (the mean image's MSE on the
+    validation normals) and say why training ended where it did."""
+    if not history:
+        return Diagnosis(False, "not learning", "no epoch was trained: give epochs >= 1")
+    b = best_epoch(history)
+    best, last = history[b - 1], history[-1]
+    ok = best["val_loss"] < baseline
+    loss, mine, lazy = (("validation loss (MSE + focal)", "restore model", "mean image and constant guess")
+                        if model == "restore" else ("validation MSE", "autoencoder", "mean image"))
+    head = f"{loss} at the best epoch ({b} of {last['epoch']}): {mine} {best['val_loss']:.5f} vs {lazy} {baseline:.5f}"
+    images = f"its {n_train:,} training images" if n_train else "its training images"
+    # The restore model sees new damage every epoch, so its losses jump from epoch to epoch and it cannot
+    # memorise its inputs as an autoencoder does: the memorising case is judged for the others only.
+    rising = last["val_loss"] > best["val_loss"] * (1 + RISE) and last["train_loss"] < best["train_loss"]
+    if b < last["epoch"] and rising and model != "restore":
+        case = "memorised"
+        why = (f"the model memorised {images}: the validation loss was lowest at epoch {b} and rose to "
+               f"{last['val_loss']:.5f} by epoch {last['epoch']} while the training loss fell from "
+               f"{best['train_loss']:.5f} to {last['train_loss']:.5f}, so training longer makes it worse; the weights "
+               f"of epoch {b} are kept. What helps: more normal images, augmentation (augment='auto' on folders), "
+               "a smaller latent_dim")
+    elif len(history) == 1:
+        case = "still learning"
+        why = "one epoch is too few to tell whether it is still learning: train longer (a larger epochs)"
+    elif b == last["epoch"] and last["train_loss"] < history[-2]["train_loss"]:
+        case = "still learning"
+        why = (f"both losses were still falling at the last epoch ({last['epoch']}): the model has not finished "
+               "learning; train longer (a larger epochs)")
+    elif ok:
+        case, why = "learned", f"it beats the {lazy}"
+    else:
+        case = "not learning"
+        why = ("neither loss is falling, and the model does no better than the mean image: try another lr "
+               "(lower if the loss jumps, higher if it creeps), or check that the training images are normal ones; "
+               "on a textured surface, which an autoencoder often rebuilds no better than its mean, use "
+               "model='restore' (the folders' default), which learns what a defect looks like instead")
+    if ok and case == "learned":
+        return Diagnosis(True, case, f"{head}: {why}")
+    prefix = "" if ok else f"The {mine} does no better than the {lazy}. "
+    return Diagnosis(ok, case, f"{head}. {prefix}{why[0].upper()}{why[1:]}")
 
 
 def train_run(params: Mapping[str, Any], results_dir: str | None = None) -> train.TrainResult:

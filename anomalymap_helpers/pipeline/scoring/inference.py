@@ -8,14 +8,14 @@ from dataclasses import dataclass
 import torch
 
 from anomalymap_helpers.pipeline.device import Precision, inference_precision, retain_freed_memory
-from anomalymap_helpers.pipeline.model import ConvAutoencoder, ConvVAE, RestoreNet, kl_divergence
+from anomalymap_helpers.pipeline.model import Model
 from anomalymap_helpers.pipeline.scoring.maps import anomaly_maps
 from anomalymap_helpers.pipeline.scoring.pixel import mse_scores
 
 
 @torch.inference_mode()
 def infer(
-    model: ConvAutoencoder,
+    model: Model,
     images: torch.Tensor,
     *,
     batch_size: int = 512,
@@ -38,7 +38,7 @@ def infer(
 
 @torch.inference_mode()
 def _infer(
-    model: ConvAutoencoder,
+    model: Model,
     images: torch.Tensor,
     *,
     batch_size: int = 512,
@@ -54,37 +54,33 @@ def _infer(
     model.eval()
     out = torch.empty(images.shape, dtype=torch.float32) if decode else None
     latents = torch.empty(len(images), model.config.latent_dim, dtype=torch.float32)
-    variational = isinstance(model, ConvVAE)
-    kl = torch.empty(len(images), dtype=torch.float32) if variational else None
-    segmenting = isinstance(model, RestoreNet) and decode
-    seg = torch.empty(len(images), 1, *images.shape[-2:], dtype=torch.float32) if segmenting else None
+    kl = seg = None  # made at the first batch that has them (a VAE's KL terms, the restore model's maps)
     for i in range(0, len(images), batch_size):
         batch = images[i : i + batch_size].to(device).contiguous(memory_format=torch.channels_last)
         with precision.autocast():
-            if variational:
-                z, logvar = model.encode_stats(batch)
-                kl[i : i + batch_size] = kl_divergence(z, logvar).cpu()
-            else:
-                z = model.encode(batch)
-            if out is not None:
-                recon = model.decode(z)
-                out[i : i + batch_size] = recon.float().cpu()
-                if seg is not None:
-                    # the probability of damage at each pixel, given the image and its reconstruction
-                    seg[i : i + batch_size] = torch.sigmoid(model.segment(batch, recon).float()).cpu()
-        latents[i : i + batch_size] = z.float().cpu()
+            got = model.infer(batch, decode=decode)
+        if got.logvar is not None:
+            kl = torch.empty(len(images), dtype=torch.float32) if kl is None else kl
+            kl[i : i + batch_size] = got.kl.cpu()
+        if out is not None:
+            out[i : i + batch_size] = got.reconstruction.float().cpu()
+        if got.segmentation is not None:
+            # the probability of damage at each pixel, given the image and its reconstruction
+            seg = torch.empty(len(images), 1, *images.shape[-2:], dtype=torch.float32) if seg is None else seg
+            seg[i : i + batch_size] = torch.sigmoid(got.segmentation.float()).cpu()
+        latents[i : i + batch_size] = got.latents.float().cpu()
     return out, latents, kl, seg
 
 
 def reconstruct(
-    model: ConvAutoencoder, images: torch.Tensor, *, batch_size: int = 512, precision: Precision | None = None
+    model: Model, images: torch.Tensor, *, batch_size: int = 512, precision: Precision | None = None
 ) -> torch.Tensor:
     """Reconstructions ``(N, C, H, W)`` float32 of ``images`` (see :func:`infer`)."""
     return infer(model, images, batch_size=batch_size, precision=precision)[0]
 
 
 def encode(
-    model: ConvAutoencoder, images: torch.Tensor, *, batch_size: int = 512, precision: Precision | None = None
+    model: Model, images: torch.Tensor, *, batch_size: int = 512, precision: Precision | None = None
 ) -> torch.Tensor:
     """Latents ``(N, latent_dim)`` float32 of ``images``, without decoding (see :func:`infer`)."""
     return infer(model, images, batch_size=batch_size, precision=precision, decode=False)[1]
@@ -113,14 +109,9 @@ class Scored:
     kl: torch.Tensor | None = None
     segmentation: torch.Tensor | None = None
 
-    def pixel_maps(self, method: str) -> torch.Tensor:
-        """The full-resolution map that ``method``'s pixels are judged by: the segmentation for
-        ``segment``, else the reconstruction-error map."""
-        return self.segmentation if method == "segment" and self.segmentation is not None else self.maps
-
 
 def score(
-    model: ConvAutoencoder,
+    model: Model,
     images: torch.Tensor,
     *,
     batch_size: int = 512,

@@ -10,7 +10,7 @@ import torch
 
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.pipeline.device import Precision
-from anomalymap_helpers.pipeline.model import ConvAutoencoder
+from anomalymap_helpers.pipeline.model import Model, outputs_of
 from anomalymap_helpers.pipeline.scoring.inference import Scored, score
 from anomalymap_helpers.pipeline.scoring.knn import nearest
 from anomalymap_helpers.pipeline.scoring.latent_maps import LatentKnnMaps
@@ -34,16 +34,26 @@ class Method:
             the ONNX detector then carries).
         own_map: The class that draws the score's own map (called as ``cls(model, train_images,
             reference)`` on images), or None where the score is read off the reconstruction error.
-        vae_only: Only a variational autoencoder has it.
-        restore_only: Only the restore model has it.
+        needs: What it reads of a model's :class:`~anomalymap_helpers.pipeline.model.Inference` beyond the
+            reconstruction and latents every model gives (``logvar``, ``segmentation``): the model kinds
+            whose ``outputs`` hold it have the score.
+        pixel_map: ``scored -> (N, 1, H, W)``: the full-resolution map its pixels are judged by (pixel
+            ROC-AUC, AUPRO), read off the images' :class:`Scored`; the reconstruction error's by default.
+        map_in_scored: Whether ``pixel_map`` is also its own map, so that predict reads it off the
+            :class:`Scored` rather than computing ``own_map`` again.
     """
 
     name: str
     compute: Callable[[Scorer, Scored, Neighbours], torch.Tensor] | None
     needs_reference: bool = False
     own_map: type | None = None
-    vae_only: bool = False
-    restore_only: bool = False
+    needs: tuple[str, ...] = ()
+    pixel_map: Callable[[Scored], torch.Tensor] = lambda x: x.maps
+    map_in_scored: bool = False
+
+    def applies_to(self, kind: str | None) -> bool:
+        """Whether a model of ``kind`` (the ``model`` parameter) has this score (None: not known yet)."""
+        return kind is None or set(self.needs) <= set(outputs_of(kind))
 
 
 ENSEMBLE = ("latent-knn", "ssim")  # what the ensemble averages, each standardised on the validation normals
@@ -55,13 +65,19 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("patch-knn", lambda s, x, n: s.patch.scores(x.images, neighbours=n[1]), needs_reference=True,
            own_map=PatchKnn),
     Method("ensemble", None, needs_reference=True),
-    Method("elbo", lambda s, x, n: elbo_scores(x.scores, x.kl, x.images[0].numel()), vae_only=True),
-    Method("segment", lambda s, x, n: segment_scores(x.segmentation), own_map=SegmentMaps, restore_only=True),
+    Method("elbo", lambda s, x, n: elbo_scores(x.scores, x.kl, x.images[0].numel()), needs=("logvar",)),
+    Method("segment", lambda s, x, n: segment_scores(x.segmentation), own_map=SegmentMaps, needs=("segmentation",),
+           pixel_map=lambda x: x.segmentation, map_in_scored=True),
 )}
-METHODS = tuple(n for n, m in REGISTRY.items() if not (m.vae_only or m.restore_only))  # every model's
-VAE_METHODS = tuple(n for n, m in REGISTRY.items() if m.vae_only)  # the variational autoencoder's own
-RESTORE_METHODS = tuple(n for n, m in REGISTRY.items() if m.restore_only)  # the restore model's own
+METHODS = tuple(n for n, m in REGISTRY.items() if not m.needs)  # every model's
+VAE_METHODS = tuple(n for n, m in REGISTRY.items() if m.needs == ("logvar",))  # the variational autoencoder's own
+RESTORE_METHODS = tuple(n for n, m in REGISTRY.items() if m.needs == ("segmentation",))  # the restore model's own
 DEFAULT_METHOD = "patch-knn"
+
+
+def pixel_maps(scored: Scored, method: str) -> torch.Tensor:
+    """The full-resolution maps ``(N, 1, H, W)`` that ``method``'s pixels are judged by (its registry entry's)."""
+    return REGISTRY[method].pixel_map(scored)
 
 
 def check_method(method: str, dataset: str = "mnist", model: str | None = None) -> str:
@@ -76,12 +92,12 @@ def check_method(method: str, dataset: str = "mnist", model: str | None = None) 
         raise ParameterError(
             f"score_method={method!r}: use one of {['auto', *METHODS, *VAE_METHODS, *RESTORE_METHODS]}"
         )
-    if method in VAE_METHODS and model not in (None, "vae"):
+    if not REGISTRY[method].applies_to(model) and method in VAE_METHODS:
         raise ParameterError(
             f"score_method={method!r} is the variational autoencoder's negative ELBO, and this run's model is "
             f"model={model!r}: train with -p model vae in 02, or use one of {['auto', *METHODS]}"
         )
-    if method in RESTORE_METHODS and model not in (None, "restore"):
+    if not REGISTRY[method].applies_to(model):
         raise ParameterError(
             f"score_method={method!r} reads the restore model's segmentation, and this run's model is "
             f"model={model!r}: train with -p model restore in 02, or use one of {['auto', *METHODS]}"
@@ -130,7 +146,7 @@ class Scorer:
 
     def __init__(
         self,
-        model: ConvAutoencoder,
+        model: Model,
         train_images: torch.Tensor,
         val: torch.Tensor | Scored,
         *,
@@ -145,7 +161,7 @@ class Scorer:
                 f"Scorer takes the normal training images (N, C, H, W), not a tensor of shape {tuple(train_images.shape)}; "
                 "give their cached latents as reference="
             )
-        self.model, self.k, self.topk = model, k, topk
+        self.model, self.k, self.topk, self.kind = model, k, topk, model.config.model
         self.patch = PatchKnn(model, train_images, reference, precision=precision)
         self.reference = self.patch.reference
         base = self._base(val if isinstance(val, Scored) else score(model, val, blur=blur, precision=precision))
@@ -158,8 +174,7 @@ class Scorer:
         return {
             name: m.compute(self, scored, neighbours)
             for name, m in REGISTRY.items()
-            if m.compute is not None and (not m.vae_only or scored.kl is not None)
-            and (not m.restore_only or scored.segmentation is not None)
+            if m.compute is not None and m.applies_to(self.kind)
         }
 
     def _with_ensemble(self, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.pipeline.model import ConvAutoencoder, RestoreNet
+from anomalymap_helpers.pipeline.model import Model
 from anomalymap_helpers.pipeline.scoring.inference import score
 
 
@@ -34,11 +34,14 @@ class SegmentMaps:
     Built as every score's own map is (``model, train_images, reference``); only the model is used.
     """
 
-    def __init__(self, model: ConvAutoencoder, train_images: torch.Tensor | None = None,
+    def __init__(self, model: Model, train_images: torch.Tensor | None = None,
                  reference: torch.Tensor | None = None) -> None:
-        if not isinstance(model, RestoreNet):
+        if "segmentation" not in model.outputs:
             raise ParameterError("the segment score needs the restore model: train with -p model restore in 02")
         self.model = model
 
     def __call__(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        return score(self.model, images, batch_size=batch_size).segmentation
+        maps = score(self.model, images, batch_size=batch_size).segmentation
+        if maps is None:
+            raise ParameterError("the segment score needs the restore model: train with -p model restore in 02")
+        return maps
