@@ -23,7 +23,7 @@ series: setup
 
 # The suite in this CPU's precision, then the precision-marked tests in the other one: fp32 on a
 # CPU with native bf16, bf16 (emulated) on one without, so every run covers both CPU paths.
-OTHER_PRECISION = $(PY) -c "from anomalymap_helpers.pipeline.device import cpu_supports_bf16; print('fp32' if cpu_supports_bf16() else 'bf16')"
+OTHER_PRECISION = $(PY) -c "from anomalymap_helpers.pipeline.training.device import cpu_supports_bf16; print('fp32' if cpu_supports_bf16() else 'bf16')"
 
 test: setup
 	$(PY) -m pytest
@@ -41,7 +41,7 @@ OTHER_CPU = ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ANOMALYMAP_CPU_PREC
 
 test-other-cpu: setup
 	@echo "this CPU as it is:" && $(PY) -m tests.kernels
-	@if $(PY) -c "from anomalymap_helpers.pipeline.device import cpu_supports_bf16 as s; raise SystemExit(not s())"; then \
+	@if $(PY) -c "from anomalymap_helpers.pipeline.training.device import cpu_supports_bf16 as s; raise SystemExit(not s())"; then \
 		echo "with the other kind's kernels ($(OTHER_CPU)):" && $(OTHER_CPU) $(PY) -m tests.kernels \
 		&& $(OTHER_CPU) $(PY) -m pytest -m "precision or bf16_kernels"; \
 	else echo "the other kind (native bf16: AVX-512 BF16 or AMX) needs instructions this CPU lacks: nothing to run;" \

@@ -1,10 +1,10 @@
 """AnomalyMap helpers: the small package under the notebook series.
 
 - ``parameters``: every notebook parameter, declared once;
-- ``pipeline``: the steps, in the order of the notebooks (data, model, train, scoring,
-  metrics, explorer, latent);
-- ``runs``: the run folder and its files (paths, storage, checkpoint, report, the opened run);
-- ``tools``: the runner, the command line and the benchmarks;
+- ``pipeline``: the steps, one package each, in the order of the notebooks (data, models and training,
+  scoring and evaluation, explorer, latent);
+- ``files``: a run's files and atomic writes; ``runs``: a run folder opened, predictions, the report;
+- ``commands``: the command line, one module a command;
 - ``errors``: the errors that speak to the user.
 """
 

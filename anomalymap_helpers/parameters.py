@@ -40,7 +40,7 @@ def _positive(name: str, value: float) -> None:
 
 
 def _augment(name: str, value: str) -> None:
-    from anomalymap_helpers.pipeline.augment import for_dataset
+    from anomalymap_helpers.pipeline.models.augment import for_dataset
 
     for_dataset(value, "folder")  # refuses what it does not know: one place knows the words
 
@@ -116,7 +116,7 @@ def _datasets() -> tuple[str, ...]:
 
 
 def _device(name: str, value: str) -> None:
-    from anomalymap_helpers.pipeline.device import resolve_device
+    from anomalymap_helpers.pipeline.training.device import resolve_device
 
     resolve_device(value)
 
@@ -128,31 +128,31 @@ def _score_methods() -> tuple[str, ...]:
 
 
 def _models() -> tuple[str, ...]:
-    from anomalymap_helpers.pipeline.model import MODELS
+    from anomalymap_helpers.pipeline.models import MODELS
 
     return ("auto", *MODELS)
 
 
 def _scales() -> tuple[str, ...]:
-    from anomalymap_helpers.pipeline.plotting import SCALES
+    from anomalymap_helpers.pipeline.evaluation.plotting import SCALES
 
     return SCALES
 
 
 def _percentile(name: str, value: float) -> None:
-    from anomalymap_helpers.pipeline.metrics import check_percentile
+    from anomalymap_helpers.pipeline.evaluation.metrics import check_percentile
 
     check_percentile(value)
 
 
 def _threshold_rules() -> tuple[str, ...]:
-    from anomalymap_helpers.pipeline.metrics import THRESHOLD_RULES
+    from anomalymap_helpers.pipeline.evaluation.metrics import THRESHOLD_RULES
 
     return THRESHOLD_RULES
 
 
 def _fpr(name: str, value: float) -> None:
-    from anomalymap_helpers.pipeline.metrics import check_fpr
+    from anomalymap_helpers.pipeline.evaluation.metrics import check_fpr
 
     check_fpr(value)
 
@@ -370,7 +370,7 @@ def _config_checks(values: Mapping[str, Any], given: Iterable[str]) -> None:
             )
         values = {**values, "normal_classes": [0], "anomaly_classes": [1]}
     if values.get("nproc", 1) != 1:
-        from anomalymap_helpers.pipeline.distributed import check_nproc
+        from anomalymap_helpers.pipeline.training.distributed import check_nproc
 
         check_nproc(values["nproc"], values.get("device", "auto"))
     names = [f.name for f in fields(SplitConfig)]

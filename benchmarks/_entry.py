@@ -12,7 +12,7 @@ def run(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], in
     """Parse ``argv``, check the precision switch, run ``func``; an :class:`AnomalyMapError` is printed
     as ``error: ...`` with exit status 2 (a bad value) or 1 (anything else), as the package's CLI does."""
     from anomalymap_helpers.errors import AnomalyMapError
-    from anomalymap_helpers.pipeline.device import cpu_precision_setting
+    from anomalymap_helpers.pipeline.training.device import cpu_precision_setting
 
     args = parser.parse_args(argv)
     try:

@@ -11,7 +11,7 @@ For each category folder (MVTec AD layout) it trains ``anomalib.models.Draem`` (
 the folder's image size on ``train/good`` for at most ``--minutes`` of training (Lightning's
 ``max_time``; ``--epochs`` caps the epochs too), predicts every test image, and computes the image
 ROC-AUC, pixel ROC-AUC and AUPRO with this project's own metrics
-(:mod:`anomalymap_helpers.pipeline.metrics`, on the same masks), so the figures compare with the
+(:mod:`anomalymap_helpers.pipeline.evaluation.metrics`, on the same masks), so the figures compare with the
 series' ``metrics.json``. DRAEM's paper fills its synthetic anomalies with textures from the DTD
 data set, which cannot be downloaded here: an empty folder is given, so anomalib's Perlin
 generator fills them with its own noise patterns. No test label chooses anything.
@@ -37,7 +37,7 @@ def one_folder(image_dir: Path, out: Path, minutes: float, epochs: int, size: in
     from lightning.pytorch import seed_everything
     from PIL import Image
 
-    from anomalymap_helpers.pipeline import metrics
+    from anomalymap_helpers.pipeline.evaluation import metrics
 
     seed_everything(seed)
     types = sorted(p.name for p in (image_dir / "test").iterdir() if p.is_dir() and p.name != "good")

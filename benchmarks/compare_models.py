@@ -48,8 +48,9 @@ def compare_models(
     max_test: int | None = None,
 ) -> dict[str, Any]:
     """Train and score both models for each seed on the default split; print, write and return the summary."""
-    from anomalymap_helpers.pipeline import data, metrics, scoring
+    from anomalymap_helpers.pipeline import data, scoring
     from anomalymap_helpers.pipeline import training as train
+    from anomalymap_helpers.pipeline.evaluation import metrics
     from benchmarks.machine import cpu_info
 
     images = data.load_mnist(mnist_dir=mnist_dir)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from anomalymap_helpers.pipeline import plotting
+from anomalymap_helpers.pipeline.evaluation import plotting
 from anomalymap_helpers.pipeline.explorer import Explorer
 
 

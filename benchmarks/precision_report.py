@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.pipeline.metrics import compare_scores
+from anomalymap_helpers.pipeline.evaluation.metrics import compare_scores
 
 PRECISIONS = ("auto", "bf16", "fp16")
 
@@ -32,8 +32,9 @@ def precision_report(run: Any, precision: str = "auto") -> dict[str, Any]:
     """Score ``run`` (a :class:`~anomalymap_helpers.runs.opened.Run`) in fp32 and in ``precision``."""
     import torch
 
-    from anomalymap_helpers.pipeline import metrics, scoring
-    from anomalymap_helpers.pipeline.device import Precision, cpu_supports_bf16, inference_precision
+    from anomalymap_helpers.pipeline import scoring
+    from anomalymap_helpers.pipeline.evaluation import metrics
+    from anomalymap_helpers.pipeline.training.device import Precision, cpu_supports_bf16, inference_precision
 
     if precision not in PRECISIONS:
         raise ParameterError(f"precision={precision!r}: use one of {list(PRECISIONS)}")

@@ -30,7 +30,7 @@ def _main(args: argparse.Namespace) -> int:
     import torch
 
     from anomalymap_helpers.runs.opened import Run
-    from anomalymap_helpers.runs.predict import write_pngs
+    from anomalymap_helpers.runs.predictions import write_pngs
     from benchmarks.machine import cpu_info
 
     run = Run.open(args.results, device=args.device)

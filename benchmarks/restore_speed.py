@@ -4,7 +4,7 @@ Times the restore model's training step (damage drawn, then the series' own
 :func:`~anomalymap_helpers.pipeline.training.training_step`: the MSE and focal losses, backward, fused
 Adam) on random images of ``--image-size`` (RGB, batch 16, the precision
 the series would use on this CPU), median of ``--repeats`` rounds of ``--steps`` steps, twice: with
-the head as the model builds it (:func:`~anomalymap_helpers.pipeline.model.head_cell`: 2x2 cells
+the head as the model builds it (:func:`~anomalymap_helpers.pipeline.models.head_cell`: 2x2 cells
 at 128x128) and with a head of the same widths on every pixel (the model before cells). Prints
 images/s of each and the CPU.
 
@@ -53,8 +53,8 @@ def _rate(model, images, precision, steps: int, repeats: int) -> float:
 def _main(args: argparse.Namespace) -> int:
     import torch
 
-    from anomalymap_helpers.pipeline.device import resolve_precision
-    from anomalymap_helpers.pipeline.model import ModelConfig, RestoreNet, SegmentationHead, check_image_size
+    from anomalymap_helpers.pipeline.models import ModelConfig, RestoreNet, SegmentationHead, check_image_size
+    from anomalymap_helpers.pipeline.training.device import resolve_precision
     from benchmarks.machine import cpu_info
 
     check_image_size(args.image_size)

@@ -117,8 +117,9 @@ class _Probe:
     def __call__(self, seen: int, model: Any) -> None:
         if seen < self.next and seen != self.last:
             return
-        from anomalymap_helpers.pipeline import metrics, scoring
+        from anomalymap_helpers.pipeline import scoring
         from anomalymap_helpers.pipeline import training as train
+        from anomalymap_helpers.pipeline.evaluation import metrics
 
         t0 = time.perf_counter()
         device = next(model.parameters()).device

@@ -104,9 +104,10 @@ def candidate_scores(patch: scoring.PatchKnn, images: torch.Tensor, train_featur
 
 def one_run(dev: Any, protocol: str, digit: int, seed: int = 0) -> list[list[Any]]:
     """Train on the pool's normals, score the development test images; one row per candidate."""
-    from anomalymap_helpers.pipeline import data, metrics
+    from anomalymap_helpers.commands.benchmark import Settings, classes
+    from anomalymap_helpers.pipeline import data
     from anomalymap_helpers.pipeline import training as train
-    from anomalymap_helpers.tools.benchmark import Settings, classes
+    from anomalymap_helpers.pipeline.evaluation import metrics
 
     settings = Settings()
     normal, anomaly = classes(protocol, digit)

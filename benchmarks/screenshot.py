@@ -61,7 +61,7 @@ def notebook_copy(folder: Path, values: dict[str, Any], number: str = "04") -> P
     import nbformat
 
     from anomalymap_helpers import parameters
-    from anomalymap_helpers.tools.runner import series
+    from anomalymap_helpers.commands.run import series
 
     source = next(p for p in series() if p.name.startswith(number))
     nb = nbformat.read(source, as_version=4)

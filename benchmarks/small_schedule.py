@@ -37,8 +37,9 @@ def _main(args: argparse.Namespace) -> int:
     import torch
 
     from anomalymap_helpers.files.paths import RunFiles
-    from anomalymap_helpers.pipeline import augment, data
+    from anomalymap_helpers.pipeline import data
     from anomalymap_helpers.pipeline import training as train
+    from anomalymap_helpers.pipeline.models import augment
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

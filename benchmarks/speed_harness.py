@@ -121,9 +121,9 @@ def run_speed(
     score, so the ratio compares loops on the same hardware.
     """
     from anomalymap_helpers.pipeline import data
-    from anomalymap_helpers.pipeline.device import resolve_device
-    from anomalymap_helpers.pipeline.model import check_image_size
+    from anomalymap_helpers.pipeline.models import check_image_size
     from anomalymap_helpers.pipeline.training import check_positive
+    from anomalymap_helpers.pipeline.training.device import resolve_device
 
     target = str(resolve_device(device))
 

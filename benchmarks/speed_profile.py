@@ -23,7 +23,7 @@ def step_breakdown(
 
     Times three rounds of ``steps`` steps of
     :func:`~anomalymap_helpers.pipeline.training.training_step` on a fresh model of ``config``
-    (a :class:`~anomalymap_helpers.pipeline.model.ModelConfig`; the median round counts),
+    (a :class:`~anomalymap_helpers.pipeline.models.ModelConfig`; the median round counts),
     then profiles one more round. The convolutions and matrix products are work
     that no rewrite of the other operators removes, so
     ``batch_size`` over their time bounds the training speed from above, for these
@@ -32,7 +32,7 @@ def step_breakdown(
     from torch.profiler import ProfilerActivity, profile
 
     from anomalymap_helpers.pipeline import training as train
-    from anomalymap_helpers.pipeline.model import ConvAutoencoder
+    from anomalymap_helpers.pipeline.models import ConvAutoencoder
 
     model = ConvAutoencoder(config)
     optimizer = train.new_optimizer(model, 1e-3)

@@ -88,7 +88,7 @@ class ReferenceLoop:
     def __init__(self, train_images: torch.Tensor, seed: int, device: str = "cpu") -> None:
         from torch.utils.data import DataLoader, TensorDataset
 
-        from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig, ReferenceAutoencoder
+        from anomalymap_helpers.pipeline.models import ConvAutoencoder, ModelConfig, ReferenceAutoencoder
 
         torch.manual_seed(seed)
         self.device = torch.device(device)
@@ -121,12 +121,12 @@ def reference_worker(conn: Connection, epochs: int, seed: int, work: Workload, r
     """The original design's loop: fp32, DataLoader over a TensorDataset, batch 256, Adam 1e-3.
 
     With ``retain_memory`` it runs under the same allocator setting as the project's
-    path (:func:`~anomalymap_helpers.pipeline.device.retain_freed_memory`). Under glibc's
+    path (:func:`~anomalymap_helpers.pipeline.training.device.retain_freed_memory`). Under glibc's
     defaults its speed depends on the process's allocation history, which decides
     how many freed blocks are unmapped and faulted in again each step: 1,500 to
     2,100 images/s between runs here (``speed --reference-glibc-defaults``).
     """
-    from anomalymap_helpers.pipeline.device import retain_freed_memory
+    from anomalymap_helpers.pipeline.training.device import retain_freed_memory
 
     if retain_memory:
         retain_freed_memory()
@@ -232,7 +232,7 @@ def _onnxruntime_rate(model: Any, reference: torch.Tensor, images: torch.Tensor)
         import onnxruntime as ort
     except ImportError:
         return None
-    from anomalymap_helpers.tools.export import Detector, write_onnx
+    from anomalymap_helpers.commands.export import Detector, write_onnx
 
     detector = Detector(model.cpu(), "latent-knn", 0.0, reference, uint8=False).eval()
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):

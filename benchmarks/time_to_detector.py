@@ -36,8 +36,9 @@ REFERENCE_EPOCHS = 5
 
 def reference_training(splits: dict[str, Any], epochs: int = REFERENCE_EPOCHS, seed: int = 0) -> dict[str, Any]:
     """Train the original design's loop on ``splits``; its seconds, validation MSE and ROC-AUCs."""
-    from anomalymap_helpers.pipeline import metrics, scoring
-    from anomalymap_helpers.pipeline.device import retain_freed_memory
+    from anomalymap_helpers.pipeline import scoring
+    from anomalymap_helpers.pipeline.evaluation import metrics
+    from anomalymap_helpers.pipeline.training.device import retain_freed_memory
     from benchmarks.speed_workers import ReferenceLoop
 
     retain_freed_memory()  # as the speed benchmark runs it: its speed then does not vary between runs
@@ -78,10 +79,10 @@ def run_time_to_detector(
     """
     import statistics
 
+    from anomalymap_helpers.commands.run import run_series
     from anomalymap_helpers.errors import ParameterError
     from anomalymap_helpers.files.paths import RunFiles
     from anomalymap_helpers.pipeline import data
-    from anomalymap_helpers.tools.runner import run_series
     from benchmarks.machine import cpu_info
 
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
@@ -155,7 +156,7 @@ def format_table(r: dict[str, Any]) -> str:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from anomalymap_helpers.tools.runner import read_parameters
+    from anomalymap_helpers.commands.run import read_parameters
 
     run_time_to_detector(args.results, read_parameters([], args.param or []), args.out, repeats=args.repeats)
     return 0

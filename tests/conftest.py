@@ -16,7 +16,7 @@ import torch
 
 from anomalymap_helpers.pipeline import data
 from anomalymap_helpers.pipeline.data import idx as _idx  # noqa: F401  (data.idx below)
-from anomalymap_helpers.pipeline.device import PRECISION_ENV
+from anomalymap_helpers.pipeline.training.device import PRECISION_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 

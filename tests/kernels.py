@@ -54,7 +54,7 @@ def report() -> str:
     """Two lines: the CPU kind with this process's caps, and the bf16 kernels that run under them."""
     import torch
 
-    from anomalymap_helpers.pipeline.device import cpu_supports_bf16
+    from anomalymap_helpers.pipeline.training.device import cpu_supports_bf16
 
     env = dict(os.environ)
     kernels = bf16_kernels(env)

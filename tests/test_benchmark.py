@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from anomalymap_helpers.commands import benchmark
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.tools import benchmark
 
 
 def _rows(folder: Path, aucs: list[float]) -> Path:

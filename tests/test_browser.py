@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from anomalymap_helpers.pipeline import metrics, scoring
+from anomalymap_helpers.pipeline import scoring
+from anomalymap_helpers.pipeline.evaluation import metrics
 from benchmarks.screenshot import (
     CHROMIUM,
     CHROMIUM_FLAGS,
@@ -138,7 +139,7 @@ def test_explorer_renders_and_responds_in_jupyterlab(lab: tuple[str, Path], tmp_
 
             # An image file dropped into the upload control gets predict's verdict and score.
             from anomalymap_helpers.runs.opened import Run
-            from anomalymap_helpers.runs.predict import write_pngs
+            from anomalymap_helpers.runs.predictions import write_pngs
 
             run = Run.open(run_dir, device="cpu")
             top = int(test_scores.argmax())  # the run's most anomalous test image, as a new file

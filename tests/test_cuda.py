@@ -15,8 +15,8 @@ import torch
 
 from anomalymap_helpers.pipeline import scoring
 from anomalymap_helpers.pipeline import training as train
-from anomalymap_helpers.pipeline.device import Precision
-from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
+from anomalymap_helpers.pipeline.models import ConvAutoencoder, ModelConfig
+from anomalymap_helpers.pipeline.training.device import Precision
 
 pytestmark = pytest.mark.cuda
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_the_onnx_detector_on_the_cuda_provider(cuda: torch.device, run_dir: Pat
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip(f"onnxruntime has no CUDA provider here ({ort.get_available_providers()}): pip install onnxruntime-gpu")
-    from anomalymap_helpers.tools.cli import main
+    from anomalymap_helpers.commands.cli import main
 
     out = tmp_path / "detector.onnx"
     assert main(["export", "--results", str(run_dir), "--out", str(out)]) == 0
@@ -79,7 +79,7 @@ def test_the_onnx_detector_on_the_cuda_provider(cuda: torch.device, run_dir: Pat
 NCCL_STEP = """
 import os, torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from anomalymap_helpers.pipeline.model import ConvAutoencoder
+from anomalymap_helpers.pipeline.models import ConvAutoencoder
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
 dist.init_process_group("nccl", rank=0, world_size=1, device_id=torch.device("cuda", 0))
 x = torch.rand(64, 1, 28, 28, device="cuda")

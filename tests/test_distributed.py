@@ -16,14 +16,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from anomalymap_helpers.commands.cli import main
+from anomalymap_helpers.commands.run import run_series
+from anomalymap_helpers.commands.train import train_run
 from anomalymap_helpers.errors import ParameterError, TrainingError
 from anomalymap_helpers.files import storage
-from anomalymap_helpers.pipeline import checkpoint, distributed
-from anomalymap_helpers.pipeline.device import PRECISION_ENV
-from anomalymap_helpers.pipeline.model import ConvAutoencoder
-from anomalymap_helpers.tools.cli import main
-from anomalymap_helpers.tools.runner import run_series
-from anomalymap_helpers.tools.training import train_run
+from anomalymap_helpers.pipeline.models import ConvAutoencoder
+from anomalymap_helpers.pipeline.training import checkpoint, distributed
+from anomalymap_helpers.pipeline.training.device import PRECISION_ENV
 
 from .conftest import SMALL
 
@@ -179,7 +179,7 @@ def fp64_gradients(images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[
     from torch import nn
     from torch.nn import functional as F
 
-    from anomalymap_helpers.pipeline.model import ReferenceAutoencoder
+    from anomalymap_helpers.pipeline.models import ReferenceAutoencoder
 
     torch.manual_seed(0)
     model = ConvAutoencoder()
@@ -257,8 +257,9 @@ def test_a_failing_rank_ends_the_other_and_is_named(run_dir: Path, tmp_path: Pat
     results = splits_only(run_dir, tmp_path / "run")
     script = tmp_path / "fail_on_rank_1.py"
     script.write_text(textwrap.dedent(f"""
-        from anomalymap_helpers.pipeline import distributed, training as train
-        from anomalymap_helpers.tools.training import train_run
+        from anomalymap_helpers.pipeline.training import distributed
+        from anomalymap_helpers.pipeline import training as train
+        from anomalymap_helpers.commands.train import train_run
 
         real = train.train
 

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from anomalymap_helpers.commands.train import diagnose
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.files.paths import RunFiles
-from anomalymap_helpers.pipeline import augment, checkpoint
 from anomalymap_helpers.pipeline import training as train
-from anomalymap_helpers.pipeline.device import resolve_precision
-from anomalymap_helpers.tools.training import diagnose
+from anomalymap_helpers.pipeline.models import augment
+from anomalymap_helpers.pipeline.training import checkpoint
+from anomalymap_helpers.pipeline.training.device import resolve_precision
 
 # 16 images memorised in a few dozen steps: the validation loss turns up and training stops.
 SMALL = dict(device="cpu", batch_size=8, lr=3e-3, epochs=40, patience=2, latent_dim=64)

@@ -11,7 +11,7 @@ import torch
 from anomalymap_helpers.pipeline import scoring
 from anomalymap_helpers.pipeline.explorer import Explorer
 from anomalymap_helpers.pipeline.explorer.widgets import threshold_slider
-from anomalymap_helpers.pipeline.model import ConvAutoencoder
+from anomalymap_helpers.pipeline.models import ConvAutoencoder
 
 
 @pytest.fixture()
@@ -106,7 +106,7 @@ def test_colour_images_with_masks_show_the_defect_outline(tmp_path: Path) -> Non
     """RGB images show in colour; a mask is outlined on the input and the map, and a
     file name and the defect type's name are in the caption and the saved file's name."""
     torch.manual_seed(0)
-    from anomalymap_helpers.pipeline.model import ModelConfig
+    from anomalymap_helpers.pipeline.models import ModelConfig
 
     images = torch.rand(4, 3, 32, 32)
     scored = scoring.score(ConvAutoencoder(ModelConfig(8, 32, 3)), images, blur=1.0)
@@ -135,7 +135,7 @@ def test_colour_images_with_masks_show_the_defect_outline(tmp_path: Path) -> Non
 
 
 def test_switching_the_threshold_rule_moves_the_line_and_the_confusion() -> None:
-    from anomalymap_helpers.pipeline import metrics
+    from anomalymap_helpers.pipeline.evaluation import metrics
 
     torch.manual_seed(0)
     scored = scoring.score(ConvAutoencoder(), torch.rand(40, 1, 28, 28))
@@ -161,7 +161,7 @@ def test_switching_the_threshold_rule_moves_the_line_and_the_confusion() -> None
 
 
 def test_score_histogram_draws_each_kind_as_its_own_density() -> None:
-    from anomalymap_helpers.pipeline import plotting
+    from anomalymap_helpers.pipeline.evaluation import plotting
 
     rng = np.random.default_rng(0)
     s = np.r_[rng.gamma(2, 0.02, 900), rng.gamma(5, 0.03, 100)]

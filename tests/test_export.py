@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
+from anomalymap_helpers.commands.cli import main
 from anomalymap_helpers.pipeline import scoring
-from anomalymap_helpers.pipeline.device import Precision
+from anomalymap_helpers.pipeline.training.device import Precision
 from anomalymap_helpers.runs.opened import Run
-from anomalymap_helpers.tools.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 FP32 = Precision("fp32", "cpu")

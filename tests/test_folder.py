@@ -155,7 +155,7 @@ def test_runner_refuses_bad_folder_settings_before_any_work(
     params: dict[str, str], message: str, category: Path, example_folder: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from anomalymap_helpers.tools.cli import main
+    from anomalymap_helpers.commands.cli import main
 
     (category / "ground_truth" / "blob" / "000_mask.png").unlink()
     args = ["run", "--results", str(tmp_path / "run")]

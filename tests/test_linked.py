@@ -14,7 +14,7 @@ import torch
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.pipeline import scoring
 from anomalymap_helpers.pipeline.explorer import Explorer, LatentExplorer
-from anomalymap_helpers.pipeline.model import ConvAutoencoder
+from anomalymap_helpers.pipeline.models import ConvAutoencoder
 
 
 @pytest.fixture()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from anomalymap_helpers.errors import CheckpointError
-from anomalymap_helpers.pipeline import checkpoint
-from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig, ReferenceAutoencoder
+from anomalymap_helpers.pipeline.models import ConvAutoencoder, ModelConfig, ReferenceAutoencoder
+from anomalymap_helpers.pipeline.training import checkpoint
 
 # Runs again with the other CPU precision in `make test` (fp32 on a bf16 CPU, emulated bf16 elsewhere).
 pytestmark = pytest.mark.precision
@@ -179,7 +179,7 @@ def test_28_pixel_model_has_no_extra_blocks() -> None:
 
 def test_image_size_the_model_cannot_halve_is_refused_with_sizes_it_can() -> None:
     from anomalymap_helpers.errors import ParameterError
-    from anomalymap_helpers.pipeline.model import check_image_size
+    from anomalymap_helpers.pipeline.models import check_image_size
 
     with pytest.raises(ParameterError, match=r"image_size=100: .*multiple of 16, e.g. 96 or 112"):
         check_image_size(100)

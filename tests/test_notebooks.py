@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from anomalymap_helpers.tools.runner import declared_parameters, series
+from anomalymap_helpers.commands.run import declared_parameters, series
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = series(ROOT / "notebooks")

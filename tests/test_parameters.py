@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from anomalymap_helpers import parameters
+from anomalymap_helpers.commands.cli import main
+from anomalymap_helpers.commands.run import declared_parameters, series
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.tools.cli import main
-from anomalymap_helpers.tools.runner import declared_parameters, series
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = series(ROOT / "notebooks")

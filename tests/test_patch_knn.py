@@ -9,7 +9,7 @@ import torch
 
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.pipeline import scoring
-from anomalymap_helpers.pipeline.model import ConvAutoencoder, ConvVAE, ModelConfig
+from anomalymap_helpers.pipeline.models import ConvAutoencoder, ConvVAE, ModelConfig
 from tests.conftest import BF16_STEP, TOLERANCE, assert_close
 
 # Runs again with the other CPU precision in `make test` (fp32 on a bf16 CPU, emulated bf16 elsewhere).

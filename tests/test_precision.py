@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy.stats import rankdata
 
+from anomalymap_helpers.commands.cli import main
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.pipeline.metrics import compare_scores
-from anomalymap_helpers.tools.cli import main
+from anomalymap_helpers.pipeline.evaluation.metrics import compare_scores
 from benchmarks import precision_report
 
 
@@ -64,7 +64,7 @@ def test_the_cpu_precision_switch(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
     import torch
 
-    from anomalymap_helpers.pipeline.device import (
+    from anomalymap_helpers.pipeline.training.device import (
         PRECISION_ENV,
         cpu_supports_bf16,
         inference_precision,

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from anomalymap_helpers.commands.cli import main
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.pipeline import scoring
-from anomalymap_helpers.pipeline.device import Precision
+from anomalymap_helpers.pipeline.training.device import Precision
 from anomalymap_helpers.runs.opened import Run
-from anomalymap_helpers.runs.predict import write_pngs
-from anomalymap_helpers.tools.cli import main
+from anomalymap_helpers.runs.predictions import write_pngs
 
 from .conftest import TOLERANCE
 

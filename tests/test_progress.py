@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
+from anomalymap_helpers.commands.echo import NotebookEcho
 from anomalymap_helpers.pipeline.progress import Clock
-from anomalymap_helpers.tools.progress import NotebookEcho
 
 
 def test_echo_prints_whole_lines_once_with_the_notebook_number() -> None:

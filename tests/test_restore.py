@@ -11,14 +11,16 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from anomalymap_helpers.commands.cli import main
 from anomalymap_helpers.errors import CheckpointError, ParameterError
 from anomalymap_helpers.files.paths import RunFiles
-from anomalymap_helpers.pipeline import checkpoint, damage, metrics, scoring
+from anomalymap_helpers.pipeline import scoring
 from anomalymap_helpers.pipeline import training as train
-from anomalymap_helpers.pipeline.device import Precision
-from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig, RestoreNet
+from anomalymap_helpers.pipeline.evaluation import metrics
+from anomalymap_helpers.pipeline.models import ConvAutoencoder, ModelConfig, RestoreNet, damage
+from anomalymap_helpers.pipeline.training import checkpoint
+from anomalymap_helpers.pipeline.training.device import Precision
 from anomalymap_helpers.runs.opened import Run
-from anomalymap_helpers.tools.cli import main
 
 FP32 = Precision("fp32", "cpu")
 
@@ -188,8 +190,8 @@ def test_the_exported_restore_detector_gives_the_segmentation(restore_run_dir: P
 
 
 def test_the_head_reads_large_images_in_cells_and_keeps_their_full_resolution(tmp_path: Path) -> None:
-    from anomalymap_helpers.pipeline.model import head_cell
-    from anomalymap_helpers.tools.export import Detector, write_onnx
+    from anomalymap_helpers.commands.export import Detector, write_onnx
+    from anomalymap_helpers.pipeline.models import head_cell
 
     assert [head_cell(s) for s in (28, 64, 96, 127, 128, 192, 224, 256, 512)] == [1, 1, 1, 1, 2, 2, 2, 4, 8]
     torch.manual_seed(0)
@@ -213,8 +215,8 @@ def test_the_head_reads_large_images_in_cells_and_keeps_their_full_resolution(tm
 
 def test_model_auto_is_restore_for_folders_and_the_autoencoder_elsewhere() -> None:
     from anomalymap_helpers import parameters
-    from anomalymap_helpers.pipeline.model import resolve_model
-    from anomalymap_helpers.tools import training
+    from anomalymap_helpers.commands import train as training
+    from anomalymap_helpers.pipeline.models import resolve_model
 
     values = parameters.validate({}, training.NAMES)
     assert values["model"] == "auto"

@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anomalymap_helpers.pipeline import plotting, scoring
+from anomalymap_helpers.pipeline import scoring
+from anomalymap_helpers.pipeline.evaluation import plotting
 from anomalymap_helpers.pipeline.explorer import Explorer, render
-from anomalymap_helpers.pipeline.model import ConvAutoencoder, ConvVAE, ModelConfig
+from anomalymap_helpers.pipeline.models import ConvAutoencoder, ConvVAE, ModelConfig
 from tests.conftest import assert_close
 
 # Runs again with the other CPU precision in `make test` (fp32 on a bf16 CPU, emulated bf16 elsewhere).

@@ -9,7 +9,7 @@ import torch
 
 from anomalymap_helpers.pipeline import scoring
 from anomalymap_helpers.pipeline.data.images import ImageData
-from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
+from anomalymap_helpers.pipeline.models import ConvAutoencoder, ModelConfig
 from benchmarks import score_selection
 from tests.conftest import assert_close
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.pipeline import metrics, scoring
-from anomalymap_helpers.pipeline.device import resolve_precision
-from anomalymap_helpers.pipeline.model import ConvAutoencoder
+from anomalymap_helpers.pipeline import scoring
+from anomalymap_helpers.pipeline.evaluation import metrics
+from anomalymap_helpers.pipeline.models import ConvAutoencoder
 from anomalymap_helpers.pipeline.scoring import pixel
+from anomalymap_helpers.pipeline.training.device import resolve_precision
 
 # Runs again with the other CPU precision in `make test` (fp32 on a bf16 CPU, emulated bf16 elsewhere).
 pytestmark = pytest.mark.precision
@@ -335,7 +336,7 @@ def test_comparison_puts_the_runs_score_first_and_keeps_the_order_given() -> Non
 def test_a_new_score_is_one_entry_in_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """The Scorer computes whatever the registry names; a registered method is scored for the
     validation normals and for new images alike, and the shipped ones equal their functions."""
-    from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
+    from anomalymap_helpers.pipeline.models import ConvAutoencoder, ModelConfig
     from anomalymap_helpers.pipeline.scoring import scorer
 
     torch.manual_seed(0)

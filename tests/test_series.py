@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from anomalymap_helpers.tools.cli import main
-from anomalymap_helpers.tools.runner import SeriesError, run_series, series
+from anomalymap_helpers.commands.cli import main
+from anomalymap_helpers.commands.run import SeriesError, run_series, series
 
 from .conftest import NAMES, ROOT, SMALL
 
@@ -114,7 +114,7 @@ def test_kernel_per_notebook_runs_each_notebook_in_a_fresh_kernel(tmp_path: Path
     the first defines is gone in the second; here the series is two small notebooks."""
     import nbformat
 
-    from anomalymap_helpers.tools import runner
+    from anomalymap_helpers.commands import run as runner
 
     first, second = tmp_path / "01_first.ipynb", tmp_path / "02_second.ipynb"  # they take 01's and 02's parameters
     pid = str(tmp_path / "pid")
@@ -141,7 +141,7 @@ def test_the_shared_kernel_is_cleared_between_notebooks(tmp_path: Path) -> None:
     ), nbformat.v4.new_code_cell("1")]), second)
     import papermill as pm
 
-    from anomalymap_helpers.tools.kernel import SharedKernel
+    from anomalymap_helpers.commands.kernel import SharedKernel
 
     with SharedKernel() as shared:
         for nb in (first, second):
@@ -281,8 +281,9 @@ def test_reference_latents_are_cached_per_model_and_made_again_after_retraining(
     import torch
 
     from anomalymap_helpers.files.paths import RunFiles
-    from anomalymap_helpers.pipeline import checkpoint, data, scoring
-    from anomalymap_helpers.pipeline.model import ConvAutoencoder
+    from anomalymap_helpers.pipeline import data, scoring
+    from anomalymap_helpers.pipeline.models import ConvAutoencoder
+    from anomalymap_helpers.pipeline.training import checkpoint
     from anomalymap_helpers.runs.opened import Run
 
     files = RunFiles(tmp_path)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from anomalymap_helpers.files import storage
-from anomalymap_helpers.pipeline import checkpoint
-from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
+from anomalymap_helpers.pipeline.models import ConvAutoencoder, ModelConfig
+from anomalymap_helpers.pipeline.training import checkpoint
 
 
 def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
@@ -27,7 +27,7 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
 
 
 def test_csv_and_figure_round_trip(tmp_path: Path) -> None:
-    from anomalymap_helpers.pipeline.plotting import NotebookFigure
+    from anomalymap_helpers.pipeline.evaluation.plotting import NotebookFigure
 
     storage.write_csv(tmp_path / "s.csv", ["split", "score"], [("test", 0.5)])
     assert (tmp_path / "s.csv").read_text().splitlines() == ["split,score", "test,0.5"]
@@ -40,8 +40,8 @@ def test_csv_and_figure_round_trip(tmp_path: Path) -> None:
 _SAVER = textwrap.dedent(
     """
     import sys, torch
-    from anomalymap_helpers.pipeline import checkpoint
-    from anomalymap_helpers.pipeline.model import ConvAutoencoder, ModelConfig
+    from anomalymap_helpers.pipeline.training import checkpoint
+    from anomalymap_helpers.pipeline.models import ConvAutoencoder, ModelConfig
     torch.manual_seed(0)
     model = ConvAutoencoder(ModelConfig(latent_dim=512))
     n = 0

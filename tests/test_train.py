@@ -16,11 +16,11 @@ import torch
 
 from anomalymap_helpers.errors import ParameterError, TrainingError
 from anomalymap_helpers.files.paths import RunFiles
-from anomalymap_helpers.pipeline import checkpoint
 from anomalymap_helpers.pipeline import training as train
-from anomalymap_helpers.pipeline.device import resolve_device, resolve_precision
-from anomalymap_helpers.pipeline.model import ConvAutoencoder
-from anomalymap_helpers.pipeline.training.checkpointing import _Interrupts
+from anomalymap_helpers.pipeline.models import ConvAutoencoder
+from anomalymap_helpers.pipeline.training import checkpoint
+from anomalymap_helpers.pipeline.training.device import resolve_device, resolve_precision
+from anomalymap_helpers.pipeline.training.resume import _Interrupts
 
 # Marked `precision`: run again with the other CPU precision in `make test` (fp32 on a bf16 CPU,
 # emulated bf16 elsewhere); the slow end-to-end ones run once.
@@ -125,7 +125,7 @@ def test_resume_with_more_epochs_is_recorded(small_normals, tmp_path: Path) -> N
 
 
 def test_the_runner_refuses_a_mixed_resume_before_notebook_01(small_normals, tmp_path: Path) -> None:
-    from anomalymap_helpers.tools.cli import main
+    from anomalymap_helpers.commands.cli import main
 
     x, v = small_normals
     files = RunFiles(tmp_path)
@@ -170,8 +170,8 @@ def test_train_config_defaults_are_notebook_02s_and_resolve_in_one_place() -> No
     from dataclasses import fields
 
     from anomalymap_helpers import parameters
-    from anomalymap_helpers.pipeline import augment
-    from anomalymap_helpers.tools.training import config_for
+    from anomalymap_helpers.commands.train import config_for
+    from anomalymap_helpers.pipeline.models import augment
 
     defaults = train.TrainConfig()
     for f in fields(train.TrainConfig):
@@ -240,9 +240,9 @@ def test_sigterm_keeps_the_last_epoch_and_resume_matches(tmp_path: Path) -> None
 
 _FAULTS = """
 import resource, sys, torch
-from anomalymap_helpers.pipeline import device
+from anomalymap_helpers.pipeline.training import device
 from anomalymap_helpers.pipeline import training as train
-from anomalymap_helpers.pipeline.model import ConvAutoencoder
+from anomalymap_helpers.pipeline.models import ConvAutoencoder
 
 if sys.argv[1] == "retain":
     assert device.retain_freed_memory()
@@ -345,7 +345,7 @@ def test_schedule_by_data_set(n: int, expected: tuple[int, int]) -> None:
 
 def test_resume_with_the_schedule_by_data_set_is_not_refused_early(small_normals, tmp_path: Path) -> None:
     """epochs=0 and batch_size=0 (the defaults) stand for the checkpoint's values in the runner's early check."""
-    from anomalymap_helpers.tools.runner import check_parameters, series
+    from anomalymap_helpers.commands.run import check_parameters, series
 
     x, v = small_normals
     train.train(x, v, train.TrainConfig(epochs=1, **CPU), files=RunFiles(tmp_path), progress=False)

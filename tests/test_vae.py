@@ -11,10 +11,11 @@ from torch.distributions import Normal, kl_divergence
 from anomalymap_helpers.errors import CheckpointError, ParameterError
 from anomalymap_helpers.files import storage
 from anomalymap_helpers.files.paths import RunFiles
-from anomalymap_helpers.pipeline import checkpoint, scoring
+from anomalymap_helpers.pipeline import scoring
 from anomalymap_helpers.pipeline import training as train
-from anomalymap_helpers.pipeline.device import Precision, inference_precision
-from anomalymap_helpers.pipeline.model import VAE_ARCHITECTURE, ConvAutoencoder, ConvVAE, ModelConfig, build_model
+from anomalymap_helpers.pipeline.models import VAE_ARCHITECTURE, ConvAutoencoder, ConvVAE, ModelConfig, build_model
+from anomalymap_helpers.pipeline.training import checkpoint
+from anomalymap_helpers.pipeline.training.device import Precision, inference_precision
 
 from .conftest import run_series
 
@@ -60,7 +61,7 @@ def test_vae_mean_is_its_latent_and_noise_samples_around_it() -> None:
 @PRECISION
 def test_kl_term_matches_torch_distributions() -> None:
     mu, logvar = torch.randn(7, 5), torch.randn(7, 5)
-    from anomalymap_helpers.pipeline.model import kl_divergence as ours
+    from anomalymap_helpers.pipeline.models import kl_divergence as ours
 
     torch.testing.assert_close(ours(mu, logvar).double(), _reference_kl(mu, logvar), rtol=1e-5, atol=1e-6)
     assert torch.all(ours(torch.zeros(2, 3), torch.zeros(2, 3)) == 0)
@@ -202,7 +203,7 @@ def test_the_series_with_a_vae(tmp_path: Path, small_series, run_dir: Path) -> N
     with open(files.comparison, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert rows[0]["method"] == "elbo" and {r["method"] for r in rows} == {*scoring.METHODS, "elbo"}
-    from anomalymap_helpers.tools import export
+    from anomalymap_helpers.commands import export
 
     with pytest.raises(ParameterError, match=r"this run's score is 'elbo'.*rerun 03_evaluation with another score_method"):
         export.detector_for(run)

@@ -1,4 +1,4 @@
-"""One run folder opened for the notebooks after training (03, 04, 05) and the tools.
+"""One run folder opened for the notebooks after training (03, 04, 05) and the commands.
 
 ``Run.open(results_dir, ...)`` reads the splits that 01 wrote and chooses the device;
 the model that 02 wrote and the evaluation that 03 wrote are read when first asked
@@ -17,13 +17,14 @@ import torch
 from anomalymap_helpers.errors import DataError
 from anomalymap_helpers.files import storage
 from anomalymap_helpers.files.paths import DEFAULT_DATA_DIR, RunFiles
-from anomalymap_helpers.pipeline import checkpoint, data
-from anomalymap_helpers.pipeline.device import resolve_device
+from anomalymap_helpers.pipeline import data
+from anomalymap_helpers.pipeline.training import checkpoint
+from anomalymap_helpers.pipeline.training.device import resolve_device
 
 if TYPE_CHECKING:
     from anomalymap_helpers.pipeline import scoring
     from anomalymap_helpers.pipeline.explorer import Explorer, LatentExplorer
-    from anomalymap_helpers.pipeline.model import ConvAutoencoder
+    from anomalymap_helpers.pipeline.models import ConvAutoencoder
 
 
 @dataclass
@@ -111,8 +112,8 @@ class Run:
 
     def predict(self, images: Any, **options: Any) -> Any:
         """Scores, verdicts and maps of new images with this run's detector: files, a folder, or an
-        array / tensor (see :func:`anomalymap_helpers.runs.predict.predict`, which takes ``options``)."""
-        from anomalymap_helpers.runs.predict import predict
+        array / tensor (see :func:`anomalymap_helpers.runs.predictions.predict`, which takes ``options``)."""
+        from anomalymap_helpers.runs.predictions import predict
 
         return predict(self, images, **options)
 
@@ -203,7 +204,7 @@ class Run:
         )
 
     def _predict_one(self, path: str) -> tuple[Any, Any]:
-        """An image file's :class:`~anomalymap_helpers.runs.predict.Predictions` and its best normal
+        """An image file's :class:`~anomalymap_helpers.runs.predictions.Predictions` and its best normal
         match (a training image, where the score has one): what the explorer's upload control shows."""
         p = self.predict(path)
         return p, p.best_match(0, self.splits["train"].images) if len(p) else None
@@ -286,10 +287,11 @@ class Run:
         """Where each threshold rule puts the line for notebook 03's score (its settings, scores alone).
 
         ``percentile`` and ``fpr`` from the validation normals' scores, ``otsu`` from those and
-        the test scores together (see :func:`~anomalymap_helpers.pipeline.metrics.choose_threshold`).
+        the test scores together (see :func:`~anomalymap_helpers.pipeline.evaluation.metrics.choose_threshold`).
         """
         from anomalymap_helpers.errors import ParameterError
-        from anomalymap_helpers.pipeline import metrics, scoring
+        from anomalymap_helpers.pipeline import scoring
+        from anomalymap_helpers.pipeline.evaluation import metrics
 
         ev = self.evaluation
         _, val = scoring.read_scores(self.files.require(self.files.scores, "03_evaluation"), "val")
@@ -305,7 +307,7 @@ class Run:
 
 def _model_kind(files: RunFiles) -> str:
     """``"ae"`` or ``"vae"``: the model in ``files`` (read from its checkpoint's metadata only)."""
-    from anomalymap_helpers.pipeline.model import ModelConfig
+    from anomalymap_helpers.pipeline.models import ModelConfig
 
     meta = checkpoint.read_metadata(files.require(files.model, "02_training"))
     return ModelConfig(architecture=meta.get("model_config", {}).get("architecture", "conv-ae-v1")).model

@@ -30,7 +30,7 @@ def image_size_for(dataset: str, image_size: int = 0) -> int:
                 f"(or {IDX_SIZE})"
             )
         return IDX_SIZE
-    from anomalymap_helpers.pipeline.model import check_image_size
+    from anomalymap_helpers.pipeline.models import check_image_size
 
     return check_image_size(image_size or FOLDER_SIZE)
 

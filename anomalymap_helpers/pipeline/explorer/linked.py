@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.pipeline import plotting
+from anomalymap_helpers.pipeline.evaluation import plotting
 
 if TYPE_CHECKING:
     from anomalymap_helpers.pipeline.explorer.view import Explorer

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.files import storage
-from anomalymap_helpers.pipeline import plotting
+from anomalymap_helpers.pipeline.evaluation import plotting
 
 if TYPE_CHECKING:
     from anomalymap_helpers.pipeline.explorer.state import ExplorerState
@@ -119,7 +119,7 @@ def _refill(fig: Figure, ex: ExplorerState, i: int, threshold: float | None, sca
 
 
 def prediction_png(predictions: Any, match: Any = None, i: int = 0) -> bytes:
-    """:func:`~anomalymap_helpers.pipeline.plotting.prediction_figure` as PNG bytes (the upload control's view)."""
+    """:func:`~anomalymap_helpers.pipeline.evaluation.plotting.prediction_figure` as PNG bytes (the upload control's view)."""
     buf = io.BytesIO()
     plotting.prediction_figure(predictions, i, match).savefig(buf, format="png", dpi=100)
     return buf.getvalue()

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.pipeline import metrics, plotting
+from anomalymap_helpers.pipeline.evaluation import metrics, plotting
 from anomalymap_helpers.pipeline.scoring import Scored
 
 SUBSETS = {"all": "all test images", "normal": "normal images", "anomaly": "anomalies"}
@@ -42,7 +42,7 @@ class ExplorerState:
         masks: ``(N, 1, H, W)`` defect masks, outlined over the map; None where there are none.
         names: ``(N,)`` file names, shown in titles where the images have them.
         rules: The threshold of each threshold rule by name (e.g. ``{"percentile": ...,
-            "otsu": ...}``, see :func:`~anomalymap_helpers.pipeline.metrics.choose_threshold`):
+            "otsu": ...}``, see :func:`~anomalymap_helpers.pipeline.evaluation.metrics.choose_threshold`):
             the widget switches between them and marks them on the histogram.
         score_maps: Where the score is not read off the reconstruction error (``patch-knn``,
             ``latent-knn``), a function from a test position to that image's ``(H, W)`` map of the

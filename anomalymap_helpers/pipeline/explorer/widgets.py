@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anomalymap_helpers.errors import AnomalyMapError
-from anomalymap_helpers.pipeline import plotting
+from anomalymap_helpers.pipeline.evaluation import plotting
 from anomalymap_helpers.pipeline.explorer import render
 from anomalymap_helpers.pipeline.explorer.state import GALLERIES
 

@@ -42,7 +42,6 @@ The package holds one idea a file: ``inference`` (the inference loop and :func:`
 
 from __future__ import annotations
 
-from anomalymap_helpers.pipeline.device import inference_precision
 from anomalymap_helpers.pipeline.scoring.inference import Scored, encode, infer, reconstruct, score
 from anomalymap_helpers.pipeline.scoring.knn import knn_distances, nearest
 from anomalymap_helpers.pipeline.scoring.latent_maps import LatentKnnMaps
@@ -71,6 +70,7 @@ from anomalymap_helpers.pipeline.scoring.scorer import (
 )
 from anomalymap_helpers.pipeline.scoring.scores_csv import read_scores, write_scores
 from anomalymap_helpers.pipeline.scoring.segment import SegmentMaps, segment_scores
+from anomalymap_helpers.pipeline.training.device import inference_precision
 
 __all__ = [
     "DEFAULT_METHOD", "ENSEMBLE", "METHODS", "PATCH_NEIGHBOURS", "PATCH_SMOOTH", "REGISTRY", "RESTORE_METHODS",

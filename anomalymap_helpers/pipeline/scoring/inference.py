@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from anomalymap_helpers.pipeline.device import Precision, inference_precision, retain_freed_memory
-from anomalymap_helpers.pipeline.model import Model
+from anomalymap_helpers.pipeline.models import Model
 from anomalymap_helpers.pipeline.scoring.maps import anomaly_maps
 from anomalymap_helpers.pipeline.scoring.pixel import mse_scores
+from anomalymap_helpers.pipeline.training.device import Precision, inference_precision, retain_freed_memory
 
 
 @torch.inference_mode()
@@ -25,7 +25,7 @@ def infer(
     """The one inference loop: latents, and reconstructions unless ``decode`` is False.
 
     Runs ``images`` ``(N, C, H, W)`` in [0, 1] through the model in batches on the
-    model's device, with :func:`~anomalymap_helpers.pipeline.device.inference_precision`
+    model's device, with :func:`~anomalymap_helpers.pipeline.training.device.inference_precision`
     unless ``precision`` is given, and returns float32 tensors on the CPU.
 
     Returns:

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.pipeline.device import Precision
-from anomalymap_helpers.pipeline.model import ConvAutoencoder
+from anomalymap_helpers.pipeline.models import ConvAutoencoder
 from anomalymap_helpers.pipeline.scoring.inference import encode
 from anomalymap_helpers.pipeline.scoring.knn import nearest
+from anomalymap_helpers.pipeline.training.device import Precision
 
 
 class LatentKnnMaps:

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.pipeline.device import Precision, inference_precision
-from anomalymap_helpers.pipeline.model import ConvAutoencoder
+from anomalymap_helpers.pipeline.models import ConvAutoencoder
 from anomalymap_helpers.pipeline.scoring.inference import encode
 from anomalymap_helpers.pipeline.scoring.knn import nearest
+from anomalymap_helpers.pipeline.training.device import Precision, inference_precision
 
 PATCH_NEIGHBOURS = 10  # training normals whose feature maps patch-knn compares against, found by latent code
 PATCH_SMOOTH = 3  # the side of the neighbourhood patch-knn's grid is averaged over

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 import torch
 
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.pipeline.device import Precision
-from anomalymap_helpers.pipeline.model import Model, outputs_of
+from anomalymap_helpers.pipeline.models import Model, outputs_of
 from anomalymap_helpers.pipeline.scoring.inference import Scored, score
 from anomalymap_helpers.pipeline.scoring.knn import nearest
 from anomalymap_helpers.pipeline.scoring.latent_maps import LatentKnnMaps
 from anomalymap_helpers.pipeline.scoring.patch_knn import PatchKnn
 from anomalymap_helpers.pipeline.scoring.pixel import elbo_scores, ssim_scores, topk_scores
 from anomalymap_helpers.pipeline.scoring.segment import SegmentMaps, segment_scores
+from anomalymap_helpers.pipeline.training.device import Precision
 
 Neighbours = tuple[torch.Tensor, torch.Tensor]  # (distances (N, k), indices (N, k)) of the shared search
 
@@ -34,7 +34,7 @@ class Method:
             the ONNX detector then carries).
         own_map: The class that draws the score's own map (called as ``cls(model, train_images,
             reference)`` on images), or None where the score is read off the reconstruction error.
-        needs: What it reads of a model's :class:`~anomalymap_helpers.pipeline.model.Inference` beyond the
+        needs: What it reads of a model's :class:`~anomalymap_helpers.pipeline.models.Inference` beyond the
             reconstruction and latents every model gives (``logvar``, ``segmentation``): the model kinds
             whose ``outputs`` hold it have the score.
         pixel_map: ``scored -> (N, 1, H, W)``: the full-resolution map its pixels are judged by (pixel

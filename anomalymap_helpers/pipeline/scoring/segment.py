@@ -1,6 +1,6 @@
 """``segment``: the restore model's own score, read off its segmentation of the damage it learned.
 
-The restore model (:class:`~anomalymap_helpers.pipeline.model.RestoreNet`) gives each pixel a
+The restore model (:class:`~anomalymap_helpers.pipeline.models.RestoreNet`) gives each pixel a
 probability of being damaged: that is the map, at the image's full resolution. The image score
 is the largest value of the map averaged over a small square window (``window`` pixels a side,
 about a twelfth of the image: 5 at 64x64, 11 at 128x128), as DRAEM scores an image, so one hot
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.pipeline.model import Model
+from anomalymap_helpers.pipeline.models import Model
 from anomalymap_helpers.pipeline.scoring.inference import score
 
 

@@ -7,14 +7,6 @@
 - ``log``: what training prints.
 """
 
-from anomalymap_helpers.pipeline.training.checkpointing import (
-    RESUME_KEYS,
-    best_epoch,
-    check_resume,
-    fingerprint,
-    save_checkpoint,
-    stop_reason,
-)
 from anomalymap_helpers.pipeline.training.config import (
     AUTO_BATCH,
     AUTO_EPOCHS,
@@ -48,6 +40,14 @@ from anomalymap_helpers.pipeline.training.restore_loss import (
     RESTORE_VAL_COPIES,
     restore_loss,
     restore_validation,
+)
+from anomalymap_helpers.pipeline.training.resume import (
+    RESUME_KEYS,
+    best_epoch,
+    check_resume,
+    fingerprint,
+    save_checkpoint,
+    stop_reason,
 )
 
 __all__ = [

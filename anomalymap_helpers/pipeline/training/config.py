@@ -8,8 +8,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from anomalymap_helpers.errors import ParameterError
-from anomalymap_helpers.pipeline import augment
-from anomalymap_helpers.pipeline.model import check_model, resolve_model
+from anomalymap_helpers.pipeline.models import augment, check_model, resolve_model
 
 
 def check_positive(name: str, value: Any, kind: type = int) -> None:
@@ -72,8 +71,8 @@ class TrainConfig:
 
     Three values may stand for "by data set" until :meth:`resolved` sets them for a training set:
     ``epochs=0`` and ``batch_size=0`` (:func:`schedule_for`), ``model="auto"``
-    (:func:`~anomalymap_helpers.pipeline.model.resolve_model`) and an ``augment`` word
-    (``"auto"``, ``"off"`` or ``"flip,shift"``: :func:`~anomalymap_helpers.pipeline.augment.for_dataset`).
+    (:func:`~anomalymap_helpers.pipeline.models.resolve_model`) and an ``augment`` word
+    (``"auto"``, ``"off"`` or ``"flip,shift"``: :func:`~anomalymap_helpers.pipeline.models.augment.for_dataset`).
     :func:`~anomalymap_helpers.pipeline.training.train` resolves them for its training images.
 
     Attributes:
@@ -94,7 +93,7 @@ class TrainConfig:
             all ``epochs``). Either way the weights of the epoch with the lowest validation
             loss are the ones returned and saved as the model.
         augment: The augmentations applied to each training batch (see
-            :mod:`~anomalymap_helpers.pipeline.augment`); () or ``"off"`` for none.
+            :mod:`~anomalymap_helpers.pipeline.models.augment`); () or ``"off"`` for none.
     """
 
     epochs: int = 0

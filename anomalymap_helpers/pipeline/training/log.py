@@ -7,10 +7,10 @@ import time
 
 import torch
 
-from anomalymap_helpers.pipeline.device import Precision, precision_note
-from anomalymap_helpers.pipeline.distributed import World
 from anomalymap_helpers.pipeline.progress import Clock, headless, progress_bar
 from anomalymap_helpers.pipeline.training.config import TrainConfig
+from anomalymap_helpers.pipeline.training.device import Precision, precision_note
+from anomalymap_helpers.pipeline.training.distributed import World
 
 
 class TrainingLog:

@@ -4,7 +4,7 @@ The data are held as one tensor on the training device and batches are taken by 
 with a seeded permutation, so no DataLoader collates samples one by one. The loop knows no model
 kind: each kind's objective (:mod:`~anomalymap_helpers.pipeline.training.objectives`) draws what a
 batch needs and gives its loss. Each epoch ends with the one validation pass and an atomic
-checkpoint (:mod:`~anomalymap_helpers.pipeline.training.checkpointing`), so an interrupted run
+checkpoint (:mod:`~anomalymap_helpers.pipeline.training.resume`), so an interrupted run
 keeps its last completed epoch and can resume from it.
 """
 
@@ -19,13 +19,18 @@ import torch
 
 from anomalymap_helpers.errors import ParameterError, TrainingError
 from anomalymap_helpers.files.paths import RunFiles
-from anomalymap_helpers.pipeline import augment, distributed
-from anomalymap_helpers.pipeline.device import Precision, resolve_device, resolve_precision, retain_freed_memory
-from anomalymap_helpers.pipeline.model import MODELS, Model, ModelConfig, build_model
-from anomalymap_helpers.pipeline.training.checkpointing import Checkpoints, best_epoch
+from anomalymap_helpers.pipeline.models import MODELS, Model, ModelConfig, augment, build_model
+from anomalymap_helpers.pipeline.training import distributed
 from anomalymap_helpers.pipeline.training.config import TrainConfig, learning_rate
+from anomalymap_helpers.pipeline.training.device import (
+    Precision,
+    resolve_device,
+    resolve_precision,
+    retain_freed_memory,
+)
 from anomalymap_helpers.pipeline.training.log import TrainingLog
 from anomalymap_helpers.pipeline.training.objectives import Batch, Objective, objective_for, validation_loss
+from anomalymap_helpers.pipeline.training.resume import Checkpoints, best_epoch
 
 # Each epoch's random draws come from their own seeded streams, so resuming after an epoch repeats them,
 # and a model kind's draws do not move another's: seed * 1,000,003 + epoch + the stream's offset.

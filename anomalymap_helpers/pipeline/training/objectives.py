@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomalymap_helpers.pipeline import damage, distributed
-from anomalymap_helpers.pipeline.device import Precision
-from anomalymap_helpers.pipeline.model import Model
-from anomalymap_helpers.pipeline.training import restore_loss
+from anomalymap_helpers.pipeline.models import Model, damage
+from anomalymap_helpers.pipeline.training import distributed, restore_loss
 from anomalymap_helpers.pipeline.training.config import RESTORE_REPEATS
+from anomalymap_helpers.pipeline.training.device import Precision
 
 Batch = dict[str, torch.Tensor]  # "images" (the clean images) and what an objective draws for them, by row
 

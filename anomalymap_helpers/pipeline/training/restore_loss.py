@@ -1,7 +1,7 @@
 """The restore model's loss (as DRAEM's ``loss.py``): restoring the damage, and finding it.
 
 For a normal image ``x``, its damaged copy ``x~`` and the mask ``m`` of the damaged pixels
-(:func:`~anomalymap_helpers.pipeline.damage.damage`), the model gives a reconstruction ``r(x~)`` and a
+(:func:`~anomalymap_helpers.pipeline.models.damage.damage`), the model gives a reconstruction ``r(x~)`` and a
 logit per pixel ``s(x~)``; with ``C`` channels and ``P`` pixels its loss per value is
 
     L = ( sum (r(x~) - x)^2  +  C * sum FL(s(x~), m) ) / (C * P),
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from anomalymap_helpers.pipeline import damage
+from anomalymap_helpers.pipeline.models import damage
 
 FOCAL_GAMMA = 2.0  # the segmentation loss's focus on hard pixels (DRAEM's focal loss)
 

@@ -95,8 +95,9 @@ def one_run(
     images: Any, protocol: str, digit: int, seed: int, settings: Settings, device: str = "auto"
 ) -> list[list[Any]]:
     """Train, fit the scorers on normals, score the test set; one row per method."""
-    from anomalymap_helpers.pipeline import data, metrics, scoring
+    from anomalymap_helpers.pipeline import data, scoring
     from anomalymap_helpers.pipeline import training as train
+    from anomalymap_helpers.pipeline.evaluation import metrics
 
     normal, anomaly = classes(protocol, digit)
     config = data.SplitConfig(normal, anomaly, seed=seed)

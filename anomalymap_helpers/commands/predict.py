@@ -1,7 +1,7 @@
 """``python -m anomalymap_helpers predict``: a trained run on new images, into a folder of its own.
 
 ``predict --results RUN IMAGES... [--out DIR]`` scores every image file among IMAGES (files, or
-folders searched recursively; see :mod:`anomalymap_helpers.runs.predict`) and writes, into a new
+folders searched recursively; see :mod:`anomalymap_helpers.runs.predictions`) and writes, into a new
 folder (``--out``, refused if it exists and is not empty; by default the first free
 ``<RUN>/predictions-<k>``, so a second call never mixes its rows with an earlier one's):
 
@@ -40,7 +40,7 @@ def predict_command(args: argparse.Namespace) -> int:
     """The ``predict`` verb; returns the exit status."""
     from anomalymap_helpers.pipeline.progress import headless, progress_bar
     from anomalymap_helpers.runs.opened import Run
-    from anomalymap_helpers.runs.predict import find_images
+    from anomalymap_helpers.runs.predictions import find_images
 
     run = Run.open(args.results, mnist_dir=args.mnist_dir, device=args.device)
     run.evaluation  # noqa: B018 - refuse a run that 03 has not scored before any image is read
@@ -67,7 +67,7 @@ def predict_command(args: argparse.Namespace) -> int:
         )
         if p.skipped:
             storage.write_csv(build / "skipped.csv", ["path", "why"], p.skipped)
-        from anomalymap_helpers.pipeline import plotting
+        from anomalymap_helpers.pipeline.evaluation import plotting
 
         train_images = run.splits["train"].images
         for i in map(int, p.anomaly.nonzero().flatten()):

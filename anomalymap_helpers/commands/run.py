@@ -24,11 +24,11 @@ from typing import Any
 import yaml
 
 from anomalymap_helpers import parameters
+from anomalymap_helpers.commands.echo import NotebookEcho
 from anomalymap_helpers.errors import AnomalyMapError, ParameterError
 from anomalymap_helpers.files.paths import DEFAULT_RESULTS_DIR, RunFiles, project_root, resolve
 from anomalymap_helpers.pipeline.progress import HEADLESS_ENV
 from anomalymap_helpers.pipeline.training import TrainConfig, check_resume
-from anomalymap_helpers.tools.progress import NotebookEcho
 
 PATH_PARAMETERS = ("results_dir", "data_dir", "mnist_dir")
 # The kernel's own log (not the notebook's output): only errors, not its start-up notices.
@@ -151,7 +151,7 @@ def run_series(
     # The kernel named "python3" may be started as plain `python`: make that ours.
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     # After the checks: a refusal should not wait for papermill's import.
-    from anomalymap_helpers.tools.kernel import SharedKernel
+    from anomalymap_helpers.commands.kernel import SharedKernel
 
     runs: list[NotebookRun] = []
     with SharedKernel() as shared:

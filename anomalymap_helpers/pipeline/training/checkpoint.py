@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from anomalymap_helpers.errors import CheckpointError
 from anomalymap_helpers.files import storage
-from anomalymap_helpers.pipeline.model import MODEL_NAMES, MODELS, ConvAutoencoder, ModelConfig, build_model
+from anomalymap_helpers.pipeline.models import MODEL_NAMES, MODELS, ConvAutoencoder, ModelConfig, build_model
 
 FORMAT = "anomalymap/1"
 

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from anomalymap_helpers.errors import ParameterError, TrainingError
-from anomalymap_helpers.pipeline.device import resolve_device
+from anomalymap_helpers.pipeline.training.device import resolve_device
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from anomalymap_helpers.errors import AnomalyMapError
 
 
 def _run(args: argparse.Namespace) -> int:
-    from anomalymap_helpers.tools.runner import read_parameters, run_series
+    from anomalymap_helpers.commands.run import read_parameters, run_series
 
     run_series(read_parameters(args.file or [], args.param or []), args.results,
                kernel_per_notebook=args.kernel_per_notebook)
@@ -20,22 +20,22 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from anomalymap_helpers.tools.runner import read_parameters
-    from anomalymap_helpers.tools.training import train_run
+    from anomalymap_helpers.commands.run import read_parameters
+    from anomalymap_helpers.commands.train import train_run
 
     train_run(read_parameters(args.file or [], args.param or []), args.results)
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from anomalymap_helpers.tools.export import export
+    from anomalymap_helpers.commands.export import export
 
     out = export(args.results, args.out, input_type=args.input, mnist_dir=args.mnist_dir)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): images in, anomaly map and score out; "
           "threshold and names in its metadata")
     if args.check:
+        from anomalymap_helpers.commands.export import check_export
         from anomalymap_helpers.runs.opened import Run
-        from anomalymap_helpers.tools.export import check_export
 
         c = check_export(out, Run.open(args.results, mnist_dir=args.mnist_dir, device="cpu"))
         print(
@@ -50,7 +50,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from anomalymap_helpers.tools.predicting import predict_command
+    from anomalymap_helpers.commands.predict import predict_command
 
     return predict_command(args)
 
@@ -80,7 +80,7 @@ def _example_folder(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from anomalymap_helpers.tools.benchmark import PROTOCOLS, run_benchmark
+    from anomalymap_helpers.commands.benchmark import PROTOCOLS, run_benchmark
 
     protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
     run_benchmark(
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.set_defaults(func=_benchmark)
     args = parser.parse_args(argv)
     try:
-        from anomalymap_helpers.pipeline.device import cpu_precision_setting
+        from anomalymap_helpers.pipeline.training.device import cpu_precision_setting
 
         cpu_precision_setting()  # a bad $ANOMALYMAP_CPU_PRECISION is refused before any work
         return args.func(args)

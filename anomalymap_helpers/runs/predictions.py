@@ -196,7 +196,7 @@ def predict(
     batch_size: int = BATCH,
     on_batch: Callable[[int], None] | None = None,
 ) -> Predictions:
-    """Score ``images`` with ``run``'s detector (see :mod:`anomalymap_helpers.runs.predict`).
+    """Score ``images`` with ``run``'s detector (see :mod:`anomalymap_helpers.runs.predictions`).
 
     Args:
         run: An opened run scored by notebook 03.

@@ -359,7 +359,7 @@ class RestoreNet(nn.Module):
 
     Made of two parts: :attr:`autoencoder`, a :class:`ConvAutoencoder`, and :attr:`head`, a
     :class:`SegmentationHead`. Trained on normal images damaged by
-    :mod:`~anomalymap_helpers.pipeline.damage`: the autoencoder is asked for the *undamaged* image,
+    :mod:`~anomalymap_helpers.pipeline.models.damage`: the autoencoder is asked for the *undamaged* image,
     and the head reads the input, its reconstruction and their absolute difference and predicts the
     damaged pixels (DRAEM's reconstructive and discriminative networks, Zavrtanik et al., ICCV 2021,
     at a laptop's size). The head reads the reconstruction without passing its gradient back, so the

@@ -37,7 +37,7 @@ from torch import nn
 from anomalymap_helpers.errors import MissingInputError, ParameterError
 from anomalymap_helpers.files import storage
 from anomalymap_helpers.pipeline import scoring
-from anomalymap_helpers.pipeline.model import ConvAutoencoder, Model, ReferenceAutoencoder, SegmentationHead
+from anomalymap_helpers.pipeline.models import ConvAutoencoder, Model, ReferenceAutoencoder, SegmentationHead
 
 INPUTS = ("uint8", "float")
 OPSET = 18
@@ -289,7 +289,7 @@ def check_export(path: str | os.PathLike[str], run: Any, batch_size: int = 512) 
     import numpy as np
     import onnxruntime as ort
 
-    from anomalymap_helpers.pipeline.device import Precision
+    from anomalymap_helpers.pipeline.training.device import Precision
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
@@ -324,7 +324,7 @@ def check_export(path: str | os.PathLike[str], run: Any, batch_size: int = 512) 
             times.append(time.perf_counter() - t0)
         rates[name] = (len(x) / statistics.median(times), out)
     (o_maps, o_scores, o_own), (t_maps, t_scores, t_own) = rates["onnxruntime"][1], rates["pytorch"][1]
-    from anomalymap_helpers.pipeline.metrics import compare_scores
+    from anomalymap_helpers.pipeline.evaluation.metrics import compare_scores
 
     threshold = float(meta["threshold"])
     scores = compare_scores(t_scores.numpy(), o_scores, threshold)

@@ -24,10 +24,10 @@ import torch
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.files import storage
 from anomalymap_helpers.files.paths import RunFiles
-from anomalymap_helpers.pipeline import checkpoint
-from anomalymap_helpers.pipeline.device import Precision
-from anomalymap_helpers.pipeline.model import Model
+from anomalymap_helpers.pipeline.models import Model
+from anomalymap_helpers.pipeline.training import checkpoint
 from anomalymap_helpers.pipeline.training.config import TrainConfig
+from anomalymap_helpers.pipeline.training.device import Precision
 
 
 def best_epoch(history: list[dict[str, float]]) -> int:

@@ -8,7 +8,7 @@ so ``torchrun`` can start it in several processes:
 folder's model from the splits notebook 01 wrote, with notebook 02's parameters (and
 their defaults), exactly as the notebook does. Under
 ``torchrun --standalone --nproc-per-node N -m anomalymap_helpers train ...`` the N
-processes train one model together (see :mod:`anomalymap_helpers.pipeline.distributed`).
+processes train one model together (see :mod:`anomalymap_helpers.pipeline.training.distributed`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from typing import Any
 from anomalymap_helpers import parameters
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.files.paths import DEFAULT_RESULTS_DIR, RunFiles, resolve
-from anomalymap_helpers.pipeline import checkpoint, distributed
 from anomalymap_helpers.pipeline import training as train
-from anomalymap_helpers.pipeline.training import best_epoch
+from anomalymap_helpers.pipeline.training import best_epoch, checkpoint, distributed
 from anomalymap_helpers.runs import report
 
 # Notebook 02's parameters the command takes; nproc is torchrun's --nproc-per-node.
@@ -158,8 +157,8 @@ def train_in_processes(values: Mapping[str, Any], nproc: int) -> train.TrainResu
         values: Notebook 02's parameters (what :func:`~anomalymap_helpers.parameters.check_notebook` returns).
         nproc: How many processes.
     """
-    from anomalymap_helpers.pipeline.device import resolve_device, resolve_precision
     from anomalymap_helpers.pipeline.progress import HEADLESS_ENV
+    from anomalymap_helpers.pipeline.training.device import resolve_device, resolve_precision
 
     distributed.check_nproc(nproc, values["device"])
     files = RunFiles.at(values["results_dir"])
