@@ -122,9 +122,9 @@ def _device(name: str, value: str) -> None:
 
 
 def _score_methods() -> tuple[str, ...]:
-    from anomalymap_helpers.pipeline.scoring import METHODS, RESTORE_METHODS, VAE_METHODS
+    from anomalymap_helpers.pipeline.scoring import REGISTRY
 
-    return ("auto", *METHODS, *VAE_METHODS, *RESTORE_METHODS)
+    return ("auto", *REGISTRY)
 
 
 def _models() -> tuple[str, ...]:

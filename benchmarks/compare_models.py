@@ -62,7 +62,7 @@ def compare_models(
     for seed in range(seeds):
         for model in MODELS:
             print(f"seed {seed}: {model} ...", flush=True)
-            cfg = train.TrainConfig(epochs, batch_size, seed=seed, model=model, beta=beta)
+            cfg = train.TrainConfig(epochs, batch_size, seed=seed, model=model, beta=beta, patience=0)
             t0 = time.perf_counter()
             result = train.train(x, val, cfg, progress=False)
             seconds = time.perf_counter() - t0

@@ -72,7 +72,7 @@ def run_curve(
             probe = _Probe(name, seed, every, epochs * len(x), x, val, test.images, y)
             print(f"seed {seed}: {name} ...", flush=True)
             t0 = time.perf_counter()
-            cfg = train.TrainConfig(epochs=epochs, batch_size=batch, seed=seed)
+            cfg = train.TrainConfig(epochs=epochs, batch_size=batch, seed=seed, patience=0)
             train.train(x, val, cfg, progress=False, on_step=probe)
             seconds = time.perf_counter() - t0 - probe.spent
             rows += probe.rows

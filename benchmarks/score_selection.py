@@ -114,7 +114,7 @@ def one_run(dev: Any, protocol: str, digit: int, seed: int = 0) -> list[list[Any
     config = data.SplitConfig(normal, anomaly, seed=seed)
     splits = data.take(dev, data.make_splits(dev.train_labels, dev.test_labels, config), anomaly)
     train_x, val_x, test_x = (splits[k].images for k in ("train", "val", "test"))
-    cfg = train.TrainConfig(epochs=settings.epochs(protocol), batch_size=settings.batch_size, seed=seed)
+    cfg = train.TrainConfig(epochs=settings.epochs(protocol), batch_size=settings.batch_size, seed=seed, patience=0)
     model = train.train(train_x, val_x, cfg, progress=False).model.eval()
     t0 = time.perf_counter()
     patch = scoring.PatchKnn(model, train_x)

@@ -170,7 +170,7 @@ def project_worker(conn: Connection, epochs: int, seed: int, work: Workload) -> 
         result = train.train(
             d["train"].images,
             d["val"].images,
-            train.TrainConfig(epochs=epochs, seed=seed, device=work.device),
+            train.TrainConfig(epochs=epochs, batch_size=256, seed=seed, device=work.device, patience=0),
             progress=False,
             on_epoch=next_epoch,
         )

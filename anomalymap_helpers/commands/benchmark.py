@@ -95,8 +95,7 @@ def one_run(
     images: Any, protocol: str, digit: int, seed: int, settings: Settings, device: str = "auto"
 ) -> list[list[Any]]:
     """Train, fit the scorers on normals, score the test set; one row per method."""
-    from anomalymap_helpers.pipeline import data, scoring
-    from anomalymap_helpers.pipeline import training as train
+    from anomalymap_helpers.pipeline import data, scoring, training
     from anomalymap_helpers.pipeline.evaluation import metrics
 
     normal, anomaly = classes(protocol, digit)
@@ -104,8 +103,9 @@ def one_run(
     splits = data.take(images, data.make_splits(images.train_labels, images.test_labels, config), anomaly)
     train_x, val_x, test_x = (splits[k].images for k in ("train", "val", "test"))
     is_anomaly = splits["test"].is_anomaly.numpy()
-    cfg = train.TrainConfig(epochs=settings.epochs(protocol), batch_size=settings.batch_size, seed=seed, device=device)
-    model = train.train(train_x, val_x, cfg, progress=False).model
+    cfg = training.TrainConfig(epochs=settings.epochs(protocol), batch_size=settings.batch_size, seed=seed, device=device,
+                               patience=0)  # the protocol's epochs, all of them
+    model = training.train(train_x, val_x, cfg, progress=False).model
     scorer = scoring.Scorer(model, train_x, val_x, k=settings.k, topk=settings.topk)
     rows = []
     for method, s in scorer.all_scores(scoring.score(model, test_x)).items():

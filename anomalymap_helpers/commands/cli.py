@@ -96,8 +96,8 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+def parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand each, with its function as ``func``."""
     parser = argparse.ArgumentParser(
         prog="python -m anomalymap_helpers",
         description="AnomalyMap: run the five notebooks, train, export a detector, benchmark. "
@@ -174,7 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--mnist-dir", default=None, help="local MNIST folder (default $ANOMALYMAP_MNIST_DIR)")
     bench.add_argument("--device", default="auto")
     bench.set_defaults(func=_benchmark)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = parser().parse_args(argv)
     try:
         from anomalymap_helpers.pipeline.training.device import cpu_precision_setting
 

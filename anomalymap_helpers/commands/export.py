@@ -41,16 +41,57 @@ from anomalymap_helpers.pipeline.models import ConvAutoencoder, Model, Reference
 
 INPUTS = ("uint8", "float")
 OPSET = 18
-# methods that look up the training normals' latents
-NEEDS_REFERENCE = tuple(name for name, m in scoring.REGISTRY.items() if m.needs_reference)
+
+
+class _Patches(nn.Module):
+    """``patch-knn``'s comparison with the nearest normals inside the graph: the training images as bytes,
+    their feature maps computed for the neighbours the shared search found, by the steps
+    :class:`~anomalymap_helpers.pipeline.scoring.PatchKnn` is made of (``unit_cells``, ``smooth_cells``,
+    ``lowest_peak``); PatchKnn's own gathering encodes and caches them in batches, which a graph cannot."""
+
+    def __init__(self, features: nn.Module, grid: int, train_images: torch.Tensor | None, k: int, smooth: int) -> None:
+        super().__init__()
+        kept = torch.zeros(0, dtype=torch.uint8) if train_images is None else (train_images * 255).round().to(torch.uint8)
+        self.register_buffer("train_images", kept)
+        self.features, self.g, self.k, self.smooth = features, grid, min(k, max(1, len(kept))), smooth
+
+    def forward(self, h: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+        """The best match's map on the grid ``(B, 1, g, g)`` of images whose last feature maps are ``h``."""
+        near = neighbours[:, : self.k]
+        theirs = self.train_images[near.flatten()].to(torch.float32) / 255.0
+        mine = scoring.unit_cells(h)  # (B, L, 64)
+        t = scoring.unit_cells(self.features(theirs)).view(mine.shape[0], self.k, *mine.shape[1:])
+        cells = (t - mine[:, None]).norm(dim=3)  # (B, k, L): one map per normal
+        best, _ = scoring.lowest_peak(scoring.smooth_cells(cells, self.g, self.smooth))
+        return best[:, None]
+
+
+class _Seen:
+    """What a registry entry's ``compute`` sees of the detector, as it sees a Scorer: ``k``, ``topk`` and
+    ``patch.scores(images, neighbours=...)`` (which keeps the grid it scored, for ``score_map``)."""
+
+    def __init__(self, detector: Detector, h: torch.Tensor) -> None:
+        self.k, self.topk, self.patch, self._patches, self._h = detector.k, detector.topk, self, detector.patch, h
+        self.grid: torch.Tensor | None = None
+
+    def scores(self, images: torch.Tensor, latents: torch.Tensor | None = None,
+               neighbours: torch.Tensor | None = None) -> torch.Tensor:
+        self.grid = self._patches(self._h, neighbours)
+        return self.grid.flatten(1).amax(1)
 
 
 class Detector(nn.Module):
-    """Images to ``(map, score, score_map)``: the autoencoder, the maps and one score method, in plain layers.
+    """Images to ``(map, score, score_map)``: the model in plain layers, the maps, and one score method
+    as its registry entry computes it (:data:`~anomalymap_helpers.pipeline.scoring.REGISTRY`).
+
+    The graph builds what the Scorer builds in eager mode, a
+    :class:`~anomalymap_helpers.pipeline.scoring.Scored` of the images and the one nearest-normal
+    search, and hands them to the entry's ``compute`` (``ensemble``: to its parts, then
+    :func:`~anomalymap_helpers.pipeline.scoring.ensemble_scores`): no score is written twice.
 
     Args:
-        model: The trained autoencoder (its weights are copied).
-        method: One of :data:`~anomalymap_helpers.pipeline.scoring.METHODS`.
+        model: The trained model (its weights are copied).
+        method: A score of the registry that the model has, and that needs no KL term.
         blur: The maps' Gaussian sigma in pixels.
         reference: ``(N, latent_dim)`` latents of the normal training images (kNN methods).
         stats: The ensemble's ``{method: (mean, std)}`` on validation normals.
@@ -74,25 +115,26 @@ class Detector(nn.Module):
         uint8: bool = True,
     ) -> None:
         super().__init__()
+        entry = scoring.REGISTRY[method]
+        if not entry.applies_to(model.config.model) or "logvar" in entry.needs:
+            raise ValueError(f"score method {method!r} cannot be exported for this {model.config.model!r} model")
         copy = ConvAutoencoder(model.config)
         copy.load_state_dict(model.autoencoder.state_dict())  # the part that reconstructs
         self.net = ReferenceAutoencoder(copy.cpu().float()).eval()
         self.method, self.blur, self.k, self.topk, self.uint8 = method, float(blur), k, topk, uint8
         self.stats = dict(stats or {})
-        needs_reference = method in NEEDS_REFERENCE
-        if needs_reference and reference is None:
+        parts = [scoring.REGISTRY[m] for m in self.stats] if entry.compute is None else [entry]
+        if any(m.needs_reference for m in parts) and reference is None:
             raise ValueError(f"score method {method!r} needs the reference latents")
-        if method == "patch-knn" and train_images is None:
-            raise ValueError("score method 'patch-knn' needs the training images")
-        unit = F.normalize(reference.float(), dim=1) if needs_reference else torch.zeros(0)
+        if any(m.needs_train_images for m in parts) and train_images is None:
+            raise ValueError(f"score method {method!r} needs the training images")
+        self.parts = [m.name for m in parts]
+        unit = F.normalize(reference.float(), dim=1) if reference is not None else torch.zeros(0)
         self.register_buffer("reference", unit)
-        kept = (train_images * 255).round().to(torch.uint8) if method == "patch-knn" else torch.zeros(0, dtype=torch.uint8)
-        self.register_buffer("train_images", kept)
-        self.patch_k, self.smooth = scoring.PATCH_NEIGHBOURS, scoring.PATCH_SMOOTH
+        self.patch = _Patches(self.net.encoder[:-2], self.net._grid, train_images, scoring.PATCH_NEIGHBOURS,
+                              scoring.PATCH_SMOOTH)
         self.head = None
-        if method == "segment":
-            if not scoring.REGISTRY[method].applies_to(model.config.model):
-                raise ValueError("score method 'segment' needs the restore model")
+        if any("segmentation" in m.needs for m in parts):
             self.head = SegmentationHead(3 * model.config.channels, cell=model.head.cell)
             self.head.load_state_dict(model.head.state_dict())
             self.head = self.head.cpu().float().to(memory_format=torch.contiguous_format).eval()
@@ -105,42 +147,24 @@ class Detector(nn.Module):
         z = self.net.encoder[-2:](h)
         g = self.net._grid
         recon = self.net.decoder(self.net.up(self.net.decoder_fc(z).view(-1, 64, g, g)))
+        seg = None if self.head is None else torch.sigmoid(self.head(torch.cat([x, recon, (x - recon).abs()], 1)))
         maps = scoring.anomaly_maps(x, recon, self.blur)
-        if self.method == "patch-knn":
-            grid = self._patch_grid(h, z)
-            own = F.interpolate(grid, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            return maps, grid.flatten(1).amax(1), own
-        if self.head is not None:
-            seg = torch.sigmoid(self.head(torch.cat([x, recon, (x - recon).abs()], 1)))
-            return maps, scoring.segment_scores(seg), seg
-        return maps, self._score(self.method, x, recon, maps, z), maps
-
-    def _patch_grid(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``patch-knn``'s map on the grid ``(B, 1, g, g)`` (see :class:`~anomalymap_helpers.pipeline.scoring.PatchKnn`)."""
-        k = min(self.patch_k, self.reference.shape[0])
-        near = (F.normalize(z, dim=1) @ self.reference.T).topk(k, dim=1).indices  # (B, k)
-        theirs = self.train_images[near.flatten()].to(torch.float32) / 255.0
-        mine = scoring.unit_cells(h)  # (B, L, 64)
-        t = scoring.unit_cells(self.net.encoder[:-2](theirs)).view(mine.shape[0], k, *mine.shape[1:])
-        cells = (t - mine[:, None]).norm(dim=3)  # (B, k, L): one map per normal
-        best, _ = scoring.lowest_peak(scoring.smooth_cells(cells, self.net._grid, self.smooth))
-        return best[:, None]
-
-    def _knn(self, z: torch.Tensor) -> torch.Tensor:
-        sim = F.normalize(z, dim=1) @ self.reference.T
-        return 1 - sim.topk(min(self.k, self.reference.shape[0]), dim=1).values.mean(1)
-
-    def _score(self, method: str, x: torch.Tensor, recon: torch.Tensor, maps: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        if method == "mse":
-            return scoring.mse_scores(x, recon)
-        if method == "topk":
-            return scoring.topk_scores(maps, self.topk)
-        if method == "ssim":
-            return scoring.ssim_scores(x, recon)
-        if method == "latent-knn":
-            return self._knn(z)
-        parts = [(self._score(m, x, recon, maps, z) - mu) / sd for m, (mu, sd) in self.stats.items()]
-        return torch.stack(parts).mean(0)
+        scored = scoring.Scored(x, recon, maps, scoring.mse_scores(x, recon), z, None, seg)
+        neighbours = None
+        if self.reference.numel():  # the one search of the reference, nearest first, as the Scorer's
+            top = (F.normalize(z, dim=1) @ self.reference.T).topk(min(max(self.k, self.patch.k), len(self.reference)), dim=1)
+            neighbours = (1 - top.values, top.indices)
+        seen = _Seen(self, h)
+        base = {m: scoring.REGISTRY[m].compute(seen, scored, neighbours) for m in self.parts}
+        entry = scoring.REGISTRY[self.method]
+        score = scoring.ensemble_scores(base, self.stats) if entry.compute is None else base[self.method]
+        if entry.map_in_scored:
+            own = entry.pixel_map(scored)
+        elif seen.grid is not None:  # a score read off the patch grid: that grid, upsampled
+            own = F.interpolate(seen.grid, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        else:
+            own = maps
+        return maps, score, own
 
 
 def _versions() -> dict[str, str]:
@@ -161,7 +185,8 @@ def detector_for(run: Any, *, uint8: bool = True) -> tuple[Detector, dict[str, s
     """
     evaluation = run.evaluation  # 03's metrics.json: threshold, score, map_blur
     method = evaluation.get("score", "mse")
-    if method in scoring.VAE_METHODS:
+    entry = scoring.REGISTRY[method]
+    if "logvar" in entry.needs:
         raise ParameterError(
             f"export writes the detector of the scores {list(scoring.METHODS)}; this run's score is {method!r} "
             "(the VAE's negative ELBO): rerun 03_evaluation with another score_method, then export"
@@ -169,12 +194,12 @@ def detector_for(run: Any, *, uint8: bool = True) -> tuple[Detector, dict[str, s
     model = run.model.cpu()
     blur = float(evaluation.get("map_blur", 0.0))
     reference = stats = train_images = None
-    if method in NEEDS_REFERENCE:
+    if entry.needs_reference:
         reference = run.reference_latents().cpu()
-    if method == "ensemble":
+    if entry.compute is None:  # a combination of other scores: their standardisation on the validation normals
         scorer = scoring.Scorer(model, run.splits["train"].images, run.splits["val"].images, reference=reference, blur=blur)
         stats = scorer.stats
-    if method == "patch-knn":
+    if entry.needs_train_images:
         train_images = run.splits["train"].images
     detector = Detector(model, method, blur, reference, stats, train_images, uint8=uint8).eval()
     test = run.splits["test"]
@@ -189,11 +214,7 @@ def detector_for(run: Any, *, uint8: bool = True) -> tuple[Detector, dict[str, s
         "input": "uint8 0-255" if uint8 else "float32 0-1",
         "input_layout": "N x C x H x W",
         "outputs": "map: N x 1 x H x W anomaly map (|x - reconstruction|, channel mean, blurred); "
-        "score: N image scores, anomaly where score > threshold; "
-        + {"patch-knn": "score_map: N x 1 x H x W patch-knn's own map, upsampled from the encoder's grid (the score "
-                        "is that grid's largest cell)",
-           "segment": "score_map: N x 1 x H x W the restore model's segmentation, the probability of damage per "
-                      "pixel (the score is its largest small-window mean)"}.get(method, "score_map: the same as map"),
+        "score: N image scores, anomaly where score > threshold; " + entry.map_note,
         "dataset": run.dataset,
         "class_names": json.dumps(list(test.class_names)),
         "normal_classes": json.dumps(list(run.manifest["config"]["normal_classes"])),
@@ -332,7 +353,8 @@ def check_export(path: str | os.PathLike[str], run: Any, batch_size: int = 512) 
         "images": len(x),
         "score_diff": scores["largest_difference"],
         "map_diff": float(np.abs(o_maps - t_maps.numpy()).max()),
-        **({"score_map_diff": float(np.abs(o_own - t_own.numpy()).max())} if method == "segment" else {}),
+        **({"score_map_diff": float(np.abs(o_own - t_own.numpy()).max())} if scoring.REGISTRY[method].map_in_scored
+           else {}),
         "verdict_flips": scores["verdict_flips"],
         "threshold": threshold,
         "onnxruntime_images_per_s": rates["onnxruntime"][0],

@@ -22,8 +22,8 @@ from typing import Any
 from anomalymap_helpers import parameters
 from anomalymap_helpers.errors import ParameterError
 from anomalymap_helpers.files.paths import DEFAULT_RESULTS_DIR, RunFiles, resolve
-from anomalymap_helpers.pipeline import training as train
-from anomalymap_helpers.pipeline.training import best_epoch, checkpoint, distributed
+from anomalymap_helpers.pipeline import training
+from anomalymap_helpers.pipeline.training import OBJECTIVES, best_epoch, checkpoint, distributed
 from anomalymap_helpers.runs import report
 
 # Notebook 02's parameters the command takes; nproc is torchrun's --nproc-per-node.
@@ -43,10 +43,10 @@ def check_params(params: Mapping[str, Any], results_dir: str | None = None) -> d
     return parameters.validate(params, NAMES)
 
 
-def config_for(values: Mapping[str, Any], n_train: int, dataset: str = "mnist") -> train.TrainConfig:
+def config_for(values: Mapping[str, Any], n_train: int, dataset: str = "mnist") -> training.TrainConfig:
     """The :class:`~anomalymap_helpers.pipeline.training.TrainConfig` notebook 02 builds from its parameters,
     resolved for its ``n_train`` training images of ``dataset``."""
-    return train.TrainConfig.from_parameters(values).resolved(n_train, dataset)
+    return training.TrainConfig.from_parameters(values).resolved(n_train, dataset)
 
 
 @dataclass(frozen=True)
@@ -78,14 +78,14 @@ def diagnose(history: list[dict[str, float]], baseline: float, n_train: int | No
     b = best_epoch(history)
     best, last = history[b - 1], history[-1]
     ok = best["val_loss"] < baseline
-    loss, mine, lazy = (("validation loss (MSE + focal)", "restore model", "mean image and constant guess")
-                        if model == "restore" else ("validation MSE", "autoencoder", "mean image"))
+    objective = OBJECTIVES[model]
+    loss, mine, lazy = objective.loss_name, objective.model_name, objective.baseline_name
     head = f"{loss} at the best epoch ({b} of {last['epoch']}): {mine} {best['val_loss']:.5f} vs {lazy} {baseline:.5f}"
     images = f"its {n_train:,} training images" if n_train else "its training images"
-    # The restore model sees new damage every epoch, so its losses jump from epoch to epoch and it cannot
-    # memorise its inputs as an autoencoder does: the memorising case is judged for the others only.
+    # A model whose inputs are drawn anew every epoch (the restore model's damage) has losses that jump from
+    # epoch to epoch and cannot memorise its inputs as an autoencoder does: the memorising case is the others'.
     rising = last["val_loss"] > best["val_loss"] * (1 + RISE) and last["train_loss"] < best["train_loss"]
-    if b < last["epoch"] and rising and model != "restore":
+    if b < last["epoch"] and rising and not objective.drawn_anew:
         case = "memorised"
         why = (f"the model memorised {images}: the validation loss was lowest at epoch {b} and rose to "
                f"{last['val_loss']:.5f} by epoch {last['epoch']} while the training loss fell from "
@@ -113,7 +113,7 @@ def diagnose(history: list[dict[str, float]], baseline: float, n_train: int | No
     return Diagnosis(ok, case, f"{head}. {prefix}{why[0].upper()}{why[1:]}")
 
 
-def train_run(params: Mapping[str, Any], results_dir: str | None = None) -> train.TrainResult:
+def train_run(params: Mapping[str, Any], results_dir: str | None = None) -> training.TrainResult:
     """Train the run folder's model with notebook 02's parameters; in torchrun's processes, together.
 
     Raises:
@@ -133,7 +133,7 @@ def train_run(params: Mapping[str, Any], results_dir: str | None = None) -> trai
                     f"batch_size={config.batch_size} is smaller than the {world.size} processes: "
                     f"each needs a share of every batch; use batch_size >= {world.size} or fewer processes"
                 )
-            result = train.train(
+            result = training.train(
                 splits["train"].images, splits["val"].images, config, files=files, resume=values["resume"]
             )
             if world.main:
@@ -150,7 +150,7 @@ def train_run(params: Mapping[str, Any], results_dir: str | None = None) -> trai
     return result
 
 
-def train_in_processes(values: Mapping[str, Any], nproc: int) -> train.TrainResult:
+def train_in_processes(values: Mapping[str, Any], nproc: int) -> training.TrainResult:
     """Notebook 02 with ``nproc > 1``: train with torchrun, its output streamed, then load what rank 0 saved.
 
     Args:
@@ -167,6 +167,6 @@ def train_in_processes(values: Mapping[str, Any], nproc: int) -> train.TrainResu
     device = resolve_device(values["device"])
     history = checkpoint.read_metadata(files.training_state, "training state")["history"]
     model = checkpoint.load_model(files.model, device=device)  # the best epoch's weights
-    stopped = train.stop_reason(history, math.inf, values["patience"]) or "epochs"
-    return train.TrainResult(model, history, device, resolve_precision(device, values["amp"], warn=False),
-                             train.best_epoch(history), stopped)
+    stopped = training.stop_reason(history, math.inf, values["patience"]) or "epochs"
+    return training.TrainResult(model, history, device, resolve_precision(device, values["amp"], warn=False),
+                                best_epoch(history), stopped)

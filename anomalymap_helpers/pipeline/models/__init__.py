@@ -5,8 +5,8 @@
 - ``damage``: the synthetic defects the restore model learns to find;
 - ``augment``: the augmentations that keep a normal image normal.
 
-A new model kind is a class in ``networks`` (in :data:`MODEL_CLASSES` and :data:`MODELS`) and its
-objective in :mod:`~anomalymap_helpers.pipeline.training.objectives`.
+A new model kind is a class in ``networks`` (:func:`register`) and its objective in
+:mod:`~anomalymap_helpers.pipeline.training.objectives`.
 """
 
 from anomalymap_helpers.pipeline.models.networks import (
@@ -35,6 +35,7 @@ from anomalymap_helpers.pipeline.models.networks import (
     head_cell,
     kl_divergence,
     outputs_of,
+    register,
     resolve_model,
 )
 
@@ -42,5 +43,5 @@ __all__ = [
     "ARCHITECTURE", "AUTO_MODELS", "HEAD_SIDE", "HEAD_WIDTHS", "MAX_GRID", "MODELS", "MODEL_CLASSES", "MODEL_NAMES",
     "RESTORE_ARCHITECTURE", "VAE_ARCHITECTURE", "ConvAutoencoder", "ConvVAE", "Inference", "Model", "ModelConfig",
     "ReferenceAutoencoder", "RestoreNet", "SegmentationHead", "build_model", "check_image_size", "check_model",
-    "depth_for", "head_cell", "kl_divergence", "outputs_of", "resolve_model",
+    "depth_for", "head_cell", "kl_divergence", "outputs_of", "register", "resolve_model",
 ]

@@ -12,10 +12,10 @@ from torch import nn
 ARCHITECTURE = "conv-ae-v1"
 VAE_ARCHITECTURE = "conv-vae-v1"
 RESTORE_ARCHITECTURE = "conv-restore-v1"
-# The ``model`` parameter's values and the layer layout each names.
-MODELS = {"ae": ARCHITECTURE, "vae": VAE_ARCHITECTURE, "restore": RESTORE_ARCHITECTURE}
-MODEL_NAMES = {ARCHITECTURE: "autoencoder", VAE_ARCHITECTURE: "variational autoencoder",
-               RESTORE_ARCHITECTURE: "defect-learning autoencoder"}
+# The ``model`` parameter's values and the layer layout each names, and each layout's name for people:
+# filled by :func:`register` from each model class (the end of this module).
+MODELS: dict[str, str] = {}
+MODEL_NAMES: dict[str, str] = {}
 HEAD_WIDTHS = (16, 32, 64, 64)  # the restore model's segmentation head, per level
 HEAD_SIDE = 64  # the side the head works at: a larger image is read in cells of 2x2 (4x4, ...) pixels
 MAX_GRID = 8  # the bottleneck grid's largest side: the model halves the image until it is this small
@@ -89,10 +89,8 @@ def check_model(model: str) -> str:
     from anomalymap_helpers.errors import ParameterError
 
     if model not in MODELS:
-        raise ParameterError(
-            f"model={model!r}: use \"ae\" (autoencoder), \"vae\" (variational autoencoder) or \"restore\" "
-            "(defect-learning: restores synthetic damage and segments it)"
-        )
+        kinds = ", ".join(f"{k!r} ({MODEL_NAMES[a]})" for k, a in MODELS.items())
+        raise ParameterError(f"model={model!r}: use one of {kinds}")
     return model
 
 
@@ -174,6 +172,8 @@ class ConvAutoencoder(nn.Module):
     layers, names and checkpoints as before.
     """
 
+    architecture = ARCHITECTURE  # the layer layout's name, in its checkpoints
+    title = "autoencoder"  # its name for people
     outputs: tuple[str, ...] = ("reconstruction", "latents")  # the Inference fields infer() fills
 
     def __init__(self, config: ModelConfig | None = None) -> None:
@@ -286,6 +286,7 @@ class ConvVAE(ConvAutoencoder):
     cloud. Scoring, the latents and :meth:`forward` use ``mu``: deterministic, like the autoencoder.
     """
 
+    architecture, title = VAE_ARCHITECTURE, "variational autoencoder"
     outputs = ("reconstruction", "latents", "logvar")
 
     def __init__(self, config: ModelConfig | None = None) -> None:
@@ -370,6 +371,7 @@ class RestoreNet(nn.Module):
     not ``autoencoder.encoder.0.weight``), beside ``head.*``: the files of ``conv-restore-v1``.
     """
 
+    architecture, title = RESTORE_ARCHITECTURE, "defect-learning autoencoder"
     outputs = ("reconstruction", "latents", "segmentation")
 
     def __init__(self, config: ModelConfig | None = None) -> None:
@@ -427,10 +429,21 @@ def _prefixed(module: nn.Module, state: dict[str, Any], prefix: str, *args: Any)
                  for k, v in items)
 
 
-# Every model kind's module, by the ``model`` parameter's value; a new kind adds its class here and its
-# objective in training/objectives.py (OBJECTIVES), and what the rest of the package types a model as.
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"ae": ConvAutoencoder, "vae": ConvVAE, "restore": RestoreNet}
-Model = ConvAutoencoder | ConvVAE | RestoreNet
+# Every model kind's module, by the ``model`` parameter's value.
+MODEL_CLASSES: dict[str, type[nn.Module]] = {}
+
+
+def register(kind: str, cls: type[nn.Module]) -> None:
+    """Make ``cls`` the model of ``model=kind``: its ``architecture`` names its checkpoints, its ``title``
+    is said to people, its ``outputs`` are the :class:`Inference` fields its ``infer`` fills (which scores
+    it has). A new model kind is a class and this call here, and its objective in
+    ``training/objectives.py`` (``OBJECTIVES``)."""
+    MODEL_CLASSES[kind], MODELS[kind], MODEL_NAMES[cls.architecture] = cls, cls.architecture, cls.title
+
+
+for _kind, _cls in (("ae", ConvAutoencoder), ("vae", ConvVAE), ("restore", RestoreNet)):
+    register(_kind, _cls)
+Model = ConvAutoencoder | ConvVAE | RestoreNet  # what the rest of the package types a model as
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

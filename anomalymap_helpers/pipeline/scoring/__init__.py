@@ -66,6 +66,7 @@ from anomalymap_helpers.pipeline.scoring.scorer import (
     Scorer,
     check_method,
     default_method,
+    ensemble_scores,
     pixel_maps,
 )
 from anomalymap_helpers.pipeline.scoring.scores_csv import read_scores, write_scores
@@ -75,7 +76,7 @@ from anomalymap_helpers.pipeline.training.device import inference_precision
 __all__ = [
     "DEFAULT_METHOD", "ENSEMBLE", "METHODS", "PATCH_NEIGHBOURS", "PATCH_SMOOTH", "REGISTRY", "RESTORE_METHODS",
     "VAE_METHODS", "LatentKnnMaps", "Method", "PatchKnn", "SegmentMaps", "Scored", "Scorer", "anomaly_maps", "blur_sigma", "check_method",
-    "default_method", "elbo_scores", "encode", "gaussian_blur", "infer", "inference_precision", "knn_distances",
+    "default_method", "elbo_scores", "ensemble_scores", "encode", "gaussian_blur", "infer", "inference_precision", "knn_distances",
     "lowest_peak", "mse_scores", "nearest", "pixel_maps", "read_scores", "reconstruct", "score", "smooth_cells", "ssim_scores",
     "segment_scores", "topk_scores", "unit_cells", "write_scores",
 ]

@@ -32,6 +32,8 @@ class Method:
             a combination of other methods (``ensemble``).
         needs_reference: Whether it looks up the training normals (the kNN reference set, which
             the ONNX detector then carries).
+        needs_train_images: Whether it compares with the training images themselves (the ONNX
+            detector then carries them too).
         own_map: The class that draws the score's own map (called as ``cls(model, train_images,
             reference)`` on images), or None where the score is read off the reconstruction error.
         needs: What it reads of a model's :class:`~anomalymap_helpers.pipeline.models.Inference` beyond the
@@ -39,17 +41,26 @@ class Method:
             whose ``outputs`` hold it have the score.
         pixel_map: ``scored -> (N, 1, H, W)``: the full-resolution map its pixels are judged by (pixel
             ROC-AUC, AUPRO), read off the images' :class:`Scored`; the reconstruction error's by default.
-        map_in_scored: Whether ``pixel_map`` is also its own map, so that predict reads it off the
-            :class:`Scored` rather than computing ``own_map`` again.
+        map_in_scored: Whether ``pixel_map`` is also its own map, so that predict and the ONNX
+            detector read it off the :class:`Scored` rather than computing ``own_map`` again.
+        map_note: What the ONNX detector's ``score_map`` output is for it, said in the file's metadata.
+        default_for_its_kinds: ``score_method="auto"`` for the model kinds that have it (a score that
+            ``needs`` what only some kinds give: the restore model's ``segment``).
+
+    A new score is one entry of :data:`REGISTRY`: ``compute`` is called by the :class:`Scorer` and by
+    the ONNX detector's graph (``commands/export.py``) alike, so it must use tensor operations only.
     """
 
     name: str
     compute: Callable[[Scorer, Scored, Neighbours], torch.Tensor] | None
     needs_reference: bool = False
+    needs_train_images: bool = False
     own_map: type | None = None
     needs: tuple[str, ...] = ()
     pixel_map: Callable[[Scored], torch.Tensor] = lambda x: x.maps
     map_in_scored: bool = False
+    map_note: str = "score_map: the same as map"
+    default_for_its_kinds: bool = False
 
     def applies_to(self, kind: str | None) -> bool:
         """Whether a model of ``kind`` (the ``model`` parameter) has this score (None: not known yet)."""
@@ -63,16 +74,26 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("ssim", lambda s, x, n: ssim_scores(x.images, x.reconstructions)),
     Method("latent-knn", lambda s, x, n: n[0][:, : s.k].mean(1), needs_reference=True, own_map=LatentKnnMaps),
     Method("patch-knn", lambda s, x, n: s.patch.scores(x.images, neighbours=n[1]), needs_reference=True,
-           own_map=PatchKnn),
+           needs_train_images=True, own_map=PatchKnn,
+           map_note="score_map: N x 1 x H x W patch-knn's own map, upsampled from the encoder's grid (the score "
+                    "is that grid's largest cell)"),
     Method("ensemble", None, needs_reference=True),
     Method("elbo", lambda s, x, n: elbo_scores(x.scores, x.kl, x.images[0].numel()), needs=("logvar",)),
     Method("segment", lambda s, x, n: segment_scores(x.segmentation), own_map=SegmentMaps, needs=("segmentation",),
-           pixel_map=lambda x: x.segmentation, map_in_scored=True),
+           pixel_map=lambda x: x.segmentation, map_in_scored=True, default_for_its_kinds=True,
+           map_note="score_map: N x 1 x H x W the restore model's segmentation, the probability of damage per "
+                    "pixel (the score is its largest small-window mean)"),
 )}
 METHODS = tuple(n for n, m in REGISTRY.items() if not m.needs)  # every model's
 VAE_METHODS = tuple(n for n, m in REGISTRY.items() if m.needs == ("logvar",))  # the variational autoencoder's own
 RESTORE_METHODS = tuple(n for n, m in REGISTRY.items() if m.needs == ("segmentation",))  # the restore model's own
 DEFAULT_METHOD = "patch-knn"
+
+
+def ensemble_scores(base: dict[str, torch.Tensor], stats: dict[str, tuple[float, float]]) -> torch.Tensor:
+    """``ensemble``: the mean of the scores of ``stats``' methods, each standardised by its ``(mean, std)``
+    on the validation normals (the Scorer's and the ONNX detector's one computation of it)."""
+    return torch.stack([(base[m] - mu) / sd for m, (mu, sd) in stats.items()]).mean(0)
 
 
 def pixel_maps(scored: Scored, method: str) -> torch.Tensor:
@@ -88,10 +109,8 @@ def check_method(method: str, dataset: str = "mnist", model: str | None = None) 
     """
     if method == "auto":
         return default_method(dataset, model)
-    if method not in METHODS + VAE_METHODS + RESTORE_METHODS:
-        raise ParameterError(
-            f"score_method={method!r}: use one of {['auto', *METHODS, *VAE_METHODS, *RESTORE_METHODS]}"
-        )
+    if method not in REGISTRY:
+        raise ParameterError(f"score_method={method!r}: use one of {['auto', *REGISTRY]}")
     if not REGISTRY[method].applies_to(model) and method in VAE_METHODS:
         raise ParameterError(
             f"score_method={method!r} is the variational autoencoder's negative ELBO, and this run's model is "
@@ -116,8 +135,10 @@ def default_method(dataset: str, model: str | None = None) -> str:
     on the encoder's coarse grid). Chosen on a development split of the *training* images
     (docs/benchmarks.md), never on test results.
     """
-    if model == "restore":
-        return "segment"
+    if model is not None:  # a model kind's own score, where it has one (the restore model's segment)
+        own = [n for n, m in REGISTRY.items() if m.default_for_its_kinds and m.applies_to(model)]
+        if own:
+            return own[0]
     return "topk" if dataset == "folder" else DEFAULT_METHOD
 
 
@@ -178,8 +199,7 @@ class Scorer:
         }
 
     def _with_ensemble(self, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        ensemble = torch.stack([(base[m] - mu) / sd for m, (mu, sd) in self.stats.items()]).mean(0)
-        return {**base, "ensemble": ensemble}
+        return {**base, "ensemble": ensemble_scores(base, self.stats)}
 
     def all_scores(self, scored: Scored) -> dict[str, torch.Tensor]:
         """Every method's ``(N,)`` scores for images already reconstructed by :func:`score`."""

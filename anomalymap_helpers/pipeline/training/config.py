@@ -55,9 +55,11 @@ def schedule_for(n_train: int, epochs: int = 0, batch_size: int = 0, model: str 
     """
     if batch_size == 0:
         batch_size = min(AUTO_BATCH, max(16, 2 ** int(math.log2(max(n_train // 16, 1)))))
-    if epochs == 0:
-        seen, per_epoch = (RESTORE_IMAGES, RESTORE_REPEATS * n_train) if model == "restore" else (AUTO_IMAGES, n_train)
-        epochs = max(AUTO_EPOCHS, math.ceil(seen / max(per_epoch, 1)))
+    if epochs == 0:  # the model kind's objective says how many images it sees at most, and how often each an epoch
+        from anomalymap_helpers.pipeline.training.objectives import OBJECTIVES
+
+        objective = OBJECTIVES[model]
+        epochs = max(AUTO_EPOCHS, math.ceil(objective.images_seen / max(objective.repeats * n_train, 1)))
     return epochs, batch_size
 
 

@@ -11,6 +11,7 @@ from anomalymap_helpers.pipeline.progress import Clock, headless, progress_bar
 from anomalymap_helpers.pipeline.training.config import TrainConfig
 from anomalymap_helpers.pipeline.training.device import Precision, precision_note
 from anomalymap_helpers.pipeline.training.distributed import World
+from anomalymap_helpers.pipeline.training.resume import best_epoch
 
 
 class TrainingLog:
@@ -65,10 +66,11 @@ class TrainingLog:
             )
         self.clock.last = time.perf_counter()  # the next progress line comes a full interval after this one
 
-    def stopped_early(self, epoch: int, best: int, best_loss: float) -> None:
+    def stopped_early(self, history: list[dict[str, float]]) -> None:
         if self.world.main:
-            print(f"stopped early after epoch {epoch}: no lower validation loss in {self.config.patience} "
-                  f"epochs since epoch {best} ({best_loss:.5f})")
+            b = best_epoch(history)
+            print(f"stopped early after epoch {history[-1]['epoch']}: no lower validation loss in "
+                  f"{self.config.patience} epochs since epoch {b} ({history[b - 1]['val_loss']:.5f})")
 
     def close(self) -> None:
         self.epoch_bar.close()

@@ -30,7 +30,7 @@ from anomalymap_helpers.pipeline.training.device import (
 )
 from anomalymap_helpers.pipeline.training.log import TrainingLog
 from anomalymap_helpers.pipeline.training.objectives import Batch, Objective, objective_for, validation_loss
-from anomalymap_helpers.pipeline.training.resume import Checkpoints, best_epoch
+from anomalymap_helpers.pipeline.training.resume import Checkpoints
 
 # Each epoch's random draws come from their own seeded streams, so resuming after an epoch repeats them,
 # and a model kind's draws do not move another's: seed * 1,000,003 + epoch + the stream's offset.
@@ -128,8 +128,13 @@ def _batches(objective: Objective, x_train: torch.Tensor, config: TrainConfig, e
         yield len(chosen), has_share, {k: v[pick] for k, v in batch.items()}
 
 
-def _prepare(config: TrainConfig, train_images: torch.Tensor) -> tuple[torch.device, Precision, Model]:
-    """The device (one GPU per process), the precision, and the seeded model on the device."""
+def _prepare(config: TrainConfig, train_images: torch.Tensor, val_images: torch.Tensor
+             ) -> tuple[torch.device, Precision, Model, Objective, torch.nn.Module]:
+    """The device (one GPU per process), the precision, the seeded model on the device, its objective, and
+    what the loop steps on: the objective, wrapped in DistributedDataParallel with several processes."""
+    for name, images in (("train_images", train_images), ("val_images", val_images)):
+        if images.ndim != 4 or len(images) == 0 or not images.is_floating_point():
+            raise ParameterError(f"{name} must be a non-empty float tensor (N, C, H, W); got {tuple(images.shape)}")
     w = distributed.world()
     device = resolve_device(config.device)
     if w.size > 1 and device.type == "cuda":
@@ -142,7 +147,14 @@ def _prepare(config: TrainConfig, train_images: torch.Tensor) -> tuple[torch.dev
     torch.manual_seed(config.seed)
     _, channels, size, _ = train_images.shape
     model = build_model(ModelConfig(config.latent_dim, size, channels, MODELS[config.model]))
-    return device, precision, model.to(device, memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
+    objective = objective_for(config.model, model, precision, config.beta)
+    net: torch.nn.Module = objective
+    if w.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
+    return device, precision, model, objective, net
 
 
 def train(
@@ -177,17 +189,8 @@ def train(
         TrainingError: the loss became NaN or infinite (the last good checkpoint stays).
         KeyboardInterrupt: on Ctrl-C or SIGTERM, after saying where the last checkpoint is.
     """
-    for name, images in (("train_images", train_images), ("val_images", val_images)):
-        if images.ndim != 4 or len(images) == 0 or not images.is_floating_point():
-            raise ParameterError(f"{name} must be a non-empty float tensor (N, C, H, W); got {tuple(images.shape)}")
     config, w = (config or TrainConfig()).resolved(len(train_images)), distributed.world()
-    device, precision, model = _prepare(config, train_images)
-    objective: torch.nn.Module = objective_for(config.model, model, precision, config.beta)
-    net = objective
-    if w.size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None)
+    device, precision, model, objective, net = _prepare(config, train_images, val_images)
     optimizer = new_optimizer(model, config.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.use_grad_scaler)
     kept = Checkpoints(model, optimizer, config, files, resume, train_images, w.main)
@@ -226,8 +229,7 @@ def train(
                 if on_epoch is not None:
                     on_epoch(record)
                 if stopped == "patience":
-                    b = best_epoch(kept.history)
-                    log.stopped_early(epoch + 1, b, kept.history[b - 1]["val_loss"])
+                    log.stopped_early(kept.history)
                     break
     finally:
         log.close()

@@ -22,7 +22,7 @@ from torch import nn
 
 from anomalymap_helpers.pipeline.models import Model, damage
 from anomalymap_helpers.pipeline.training import distributed, restore_loss
-from anomalymap_helpers.pipeline.training.config import RESTORE_REPEATS
+from anomalymap_helpers.pipeline.training.config import AUTO_IMAGES, RESTORE_IMAGES, RESTORE_REPEATS
 from anomalymap_helpers.pipeline.training.device import Precision
 
 Batch = dict[str, torch.Tensor]  # "images" (the clean images) and what an objective draws for them, by row
@@ -34,12 +34,19 @@ class Objective(nn.Module):
     Attributes:
         stream: The name of the generator its draws come from (see ``loop.STREAMS``), or None.
         repeats: How many times an epoch shows each training image.
+        images_seen: The most images ``epochs=0`` ("by data set") trains on (``config.schedule_for``).
         val_batch: The validation pass's batch size.
+        loss_name, model_name, baseline_name: What notebook 02's check calls its validation loss, the
+            model and the laziest model (``commands.train.diagnose``).
+        drawn_anew: Whether its inputs are drawn anew every epoch, so that it cannot memorise them.
     """
 
     stream: str | None = None
     repeats = 1
+    images_seen = AUTO_IMAGES
     val_batch = 512
+    loss_name, model_name, baseline_name = "validation MSE", "autoencoder", "mean image"
+    drawn_anew = False
 
     def __init__(self, model: Model, precision: Precision, beta: float = 1.0) -> None:
         super().__init__()
@@ -97,7 +104,11 @@ class Restore(Objective):
 
     stream = "damage"
     repeats = RESTORE_REPEATS  # times an epoch shows each training image, each time with new damage
+    images_seen = RESTORE_IMAGES
     val_batch = 256
+    loss_name, model_name = "validation loss (MSE + focal)", "restore model"
+    baseline_name = "mean image and constant guess"
+    drawn_anew = True  # new damage every epoch: its losses jump from epoch to epoch, and it cannot memorise
 
     def draw(self, images: torch.Tensor, pool: torch.Tensor, generator: torch.Generator) -> Batch:
         damaged, masks = damage.damage(images, pool, generator)
