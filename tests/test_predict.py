@@ -161,3 +161,24 @@ def test_the_speed_benchmark_times_files_against_memory(folder_run_dir: Path, ca
     out = capsys.readouterr().out
     assert "30 images 3x32x32" in out and "same scores: True" in out
     assert "predict on PNG files (decode included):" in out and "images/s" in out
+
+
+def test_a_detector_without_a_run_folder_is_a_model_a_scorer_and_a_threshold(small_normals) -> None:
+    """``judge`` needs no Run: a model, its Scorer and a threshold give the Scorer's own scores, the verdicts
+    at the threshold, and each image's share of validation normals below it."""
+    from anomalymap_helpers.pipeline.models import ConvAutoencoder
+    from anomalymap_helpers.runs.predictions import image_batches, judge
+
+    x, v = small_normals
+    torch.manual_seed(0)
+    model = ConvAutoencoder().eval()
+    scorer = scoring.Scorer(model, x[:300], v[:100])
+    val = scorer.val_scores["topk"]
+    threshold = float(val.quantile(0.9))
+    batches = image_batches(v[100:140].numpy(), 28, 1, batch_size=16)  # three batches
+    got = judge(model, scorer, "topk", threshold, batches, val_scores=val)
+    first = scoring.score(model, got.images[:16])  # the first batch as read, scored as judge scores it
+    assert torch.equal(got.scores[:16], scorer.all_scores(first)["topk"]) and len(got) == 40
+    assert torch.equal(got.maps[:16], first.maps)  # topk's map: the reconstruction error
+    assert torch.equal(got.anomaly, got.scores > threshold) and got.names[:2] == ["#0", "#1"]
+    assert torch.equal(got.percentiles, (val[None] < got.scores[:, None]).float().mean(1) * 100)

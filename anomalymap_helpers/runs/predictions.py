@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from anomalymap_helpers.errors import DataError, ParameterError
 
 if TYPE_CHECKING:
+    from anomalymap_helpers.pipeline.models import Model
+    from anomalymap_helpers.pipeline.scoring import Scorer
     from anomalymap_helpers.runs.opened import Run
 
 BATCH = 256  # images decoded and scored together
@@ -196,7 +198,8 @@ def predict(
     batch_size: int = BATCH,
     on_batch: Callable[[int], None] | None = None,
 ) -> Predictions:
-    """Score ``images`` with ``run``'s detector (see :mod:`anomalymap_helpers.runs.predictions`).
+    """Score ``images`` with ``run``'s detector (see :mod:`anomalymap_helpers.runs.predictions`): its
+    model, notebook 03's score, threshold and blur, and the Scorer 03 fitted (:func:`judge`).
 
     Args:
         run: An opened run scored by notebook 03.
@@ -212,50 +215,98 @@ def predict(
 
     ev = run.evaluation  # 03 first: its score, threshold and blur, before any image is read
     method, threshold, blur = ev["score"], float(ev["threshold"]), float(ev.get("map_blur", 0.0))
-    _, channels, size, _ = run.splits["test"].images.shape
-    skipped: list[tuple[str, str]] = []
+    batches = image_batches(images, run.model.config.image_size, run.model.config.channels, batch_size)
+    val = scoring.read_scores(run.files.require(run.files.scores, "03_evaluation"), "val")[1]
+    own = None if scoring.REGISTRY[method].map_in_scored else run.score_maps(method)
+    return judge(run.model, run.scorer(blur), method, threshold, batches, val_scores=val, blur=blur, own_map=own,
+                 on_batch=on_batch)
+
+
+@dataclass
+class Batches:
+    """Images to score, in batches of ``(images (B, C, H, W), names, notes)``: decoded as they are taken
+    (files) or already made (an array); ``skipped`` fills with ``(path, why)`` of each unreadable file."""
+
+    batches: Iterable[tuple[torch.Tensor, list[str], list[str]]]
+    total: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def image_batches(
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | np.ndarray | torch.Tensor,
+    size: int, channels: int, batch_size: int = BATCH,
+) -> Batches:
+    """``images`` (files, folders or an array) as :class:`Batches` of ``size`` x ``size`` images of ``channels``.
+
+    Raises:
+        ParameterError: a missing input, an array that is not images, or no image file at all.
+    """
     if isinstance(images, (np.ndarray, torch.Tensor)):
         every, all_notes = from_array(images, size, channels)
         labels = [f"#{k}" for k in range(len(every))]
-        batches: Iterable[tuple[torch.Tensor, list[str], list[str]]] = [
-            (every[i : i + batch_size], labels[i : i + batch_size], all_notes[i : i + batch_size])
-            for i in range(0, len(every), batch_size)
-        ]
-        total = len(every)
-    else:
-        inputs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-        paths, _ = find_images(inputs)
-        if not paths:
-            raise ParameterError(f"no image files in {', '.join(map(str, inputs))} (looked for .png, .jpg, ...)")
-        batches, total = _decoded(paths, size, channels, batch_size, skipped), len(paths)
-    scorer = run.scorer(blur)
+        return Batches([(every[i : i + batch_size], labels[i : i + batch_size], all_notes[i : i + batch_size])
+                        for i in range(0, len(every), batch_size)], len(every))
+    inputs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    paths, _ = find_images(inputs)
+    if not paths:
+        raise ParameterError(f"no image files in {', '.join(map(str, inputs))} (looked for .png, .jpg, ...)")
+    skipped: list[tuple[str, str]] = []
+    return Batches(_decoded(paths, size, channels, batch_size, skipped), len(paths), skipped)
+
+
+def judge(
+    model: Model,
+    scorer: Scorer,
+    method: str,
+    threshold: float,
+    batches: Batches,
+    *,
+    val_scores: torch.Tensor,
+    blur: float = 0.0,
+    own_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Predictions:
+    """Predictions of a detector, ``model`` with its fitted ``scorer``, ``method`` and ``threshold``.
+
+    Args:
+        model: The trained model.
+        scorer: Its :class:`~anomalymap_helpers.pipeline.scoring.Scorer`, fitted on normal images.
+        method: The score; its registry entry says which map the images get.
+        threshold: Scores above it are anomalies.
+        batches: The images (:func:`image_batches`).
+        val_scores: ``method``'s scores of the validation normals, for each image's percentile.
+        blur: The maps' Gaussian sigma in pixels.
+        own_map: The score's own map where it is not read off the :class:`Scored` (``Run.score_maps``).
+        on_batch: Called with the number of images done after each batch.
+    """
+    from anomalymap_helpers.pipeline import scoring
+
     entry = scoring.REGISTRY[method]
-    own = None if entry.map_in_scored else run.score_maps(method)
-    val = scoring.read_scores(run.files.require(run.files.scores, "03_evaluation"), "val")[1]
     out: dict[str, list[Any]] = {k: [] for k in ("names", "notes", "scores", "maps", "images", "matches")}
-    for x, names, notes in batches:
+    for x, names, notes in batches.batches:
         if not len(x):
             continue
-        scored = scoring.score(run.model, x, blur=blur)
+        scored = scoring.score(model, x, blur=blur)
         out["scores"].append(scorer.all_scores(scored)[method])
-        if isinstance(own, scoring.PatchKnn):
-            maps, match = own.explain(x)
+        if isinstance(own_map, scoring.PatchKnn):  # its maps, and the normal each image is compared with
+            maps, match = own_map.explain(x)
             out["matches"].append(match)
         else:
-            maps = entry.pixel_map(scored) if own is None else own(x)
+            maps = entry.pixel_map(scored) if own_map is None else own_map(x)
         out["maps"].append(maps.float())
         out["images"].append(x)
         out["names"] += names
         out["notes"] += notes
         if on_batch is not None:
-            on_batch(len(out["names"]) + len(skipped))
+            on_batch(len(out["names"]) + len(batches.skipped))
     if not out["names"]:
-        raise DataError(f"none of the {total} image file(s) could be read: " + "; ".join(w for _, w in skipped[:3]))
+        raise DataError(f"none of the {batches.total} image file(s) could be read: "
+                        + "; ".join(w for _, w in batches.skipped[:3]))
     scores = torch.cat(out["scores"])
     return Predictions(
         out["names"], scores, scores > threshold, torch.cat(out["maps"]),
-        (val[None, :] < scores[:, None]).float().mean(1) * 100, out["notes"], threshold, method, skipped,
-        torch.cat(out["images"]), torch.cat(out["matches"]) if out["matches"] else None,
+        (val_scores[None, :] < scores[:, None]).float().mean(1) * 100, out["notes"], threshold, method,
+        batches.skipped, torch.cat(out["images"]), torch.cat(out["matches"]) if out["matches"] else None,
     )
 
 
