@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from anomalymap_helpers.files import storage
+from anomalymap_helpers.files.paths import shown
 
 SKIPPED_EXIT = 3
 
@@ -74,12 +75,12 @@ def predict_command(args: argparse.Namespace) -> int:
             storage.save_figure(plotting.prediction_figure(p, i, p.best_match(i, train_images)),
                                 build / "flagged" / f"{i:05d}_{Path(p.names[i]).stem}.png", dpi=100)
     if ignored:
-        print(f"ignored {len(ignored)} file(s) that are not images (never read): {', '.join(ignored[:5])}"
+        print(f"ignored {len(ignored)} file(s) that are not images (never read): {', '.join(map(shown, ignored[:5]))}"
               + (" ..." if len(ignored) > 5 else ""))
     for note, count in Counter(n for n in p.notes if n).items():
         print(f"{count} image(s): {note}")
     for path, why in p.skipped:
-        print(f"skipped {path}: {why}")
+        print(f"skipped {shown(path)}: {why}")
     print(p.summary())
     print(f"wrote {out}/predictions.csv" + (f" and {int(p.anomaly.sum())} figure(s) in {out}/flagged/" if p.anomaly.any() else ""))
     return SKIPPED_EXIT if p.skipped else 0

@@ -14,6 +14,18 @@ from pathlib import Path
 
 from anomalymap_helpers.errors import MissingInputError
 
+
+def shown(name: str | os.PathLike[str]) -> str:
+    """A file name as it can be printed: a name that is not valid UTF-8 (kept by Python as the bytes the
+    operating system gives, ``surrogateescape``) with its odd bytes written ``\\xff``; others unchanged."""
+    text = os.fspath(name)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
 DEFAULT_RESULTS_DIR = "results/default"
 DEFAULT_DATA_DIR = "data"
 

@@ -109,8 +109,9 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 
 def write_csv(path: str | os.PathLike[str], header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
-    """Atomically write a CSV file with a header row."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    """Atomically write a CSV file with a header row, in UTF-8; a file name that is not valid UTF-8 is
+    written as the bytes the operating system gave (read it back with ``errors="surrogateescape"``)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
         writer.writerows(rows)

@@ -30,9 +30,14 @@ import torch
 
 from anomalymap_helpers.errors import DataError
 from anomalymap_helpers.pipeline.data.images import ImageData
-from anomalymap_helpers.files.paths import resolve
+from anomalymap_helpers.files.paths import resolve, shown
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# The most pixels an image file may have (100 million: 10,000 x 10,000, beyond any camera's 8-bit frame a
+# model is trained on here); a larger one, or a decompression bomb (a small file that claims 20,000 x 20,000),
+# is refused before it is decoded. $ANOMALYMAP_MAX_PIXELS sets another limit.
+MAX_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "ANOMALYMAP_MAX_PIXELS"
 NORMAL = "good"
 MASK_SUFFIX = "_mask"
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
@@ -165,24 +170,55 @@ def _pair_masks(root: Path, test: list[tuple[Path, str]], types: list[str], skip
     return masks
 
 
+def max_pixels() -> int:
+    """The pixel limit of an image file: :data:`MAX_PIXELS`, or ``$ANOMALYMAP_MAX_PIXELS``."""
+    value = os.environ.get(MAX_PIXELS_ENV, "")
+    if not value:
+        return MAX_PIXELS
+    if not value.isdigit() or int(value) < 1:
+        raise DataError(f"${MAX_PIXELS_ENV}={value!r}: give a whole number of pixels, e.g. {MAX_PIXELS}")
+    return int(value)
+
+
 @contextlib.contextmanager
 def _reading(path: Path) -> Iterator[None]:
-    """Turn Pillow's errors on ``path`` into a DataError that names the file."""
-    from PIL import UnidentifiedImageError
+    """Turn what decoding ``path`` raises (a file that is empty, not an image, truncated anywhere, unreadable)
+    into a DataError that names the file. Pillow's own bomb check is off inside: the project's limit is
+    checked from the header (:func:`check_pixels`) before anything is decoded."""
+    import struct
+    import zlib
 
+    from PIL import Image, UnidentifiedImageError
+
+    before = Image.MAX_IMAGE_PIXELS
     try:
+        Image.MAX_IMAGE_PIXELS = None
         yield
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}. Replace or remove the file") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
+            struct.error, zlib.error, MemoryError) as exc:
+        raise DataError(f"cannot read image {shown(path)}: {exc or type(exc).__name__}. Replace or remove the file"
+                        ) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
+def check_pixels(path: Path, size: tuple[int, int]) -> None:
+    """Refuse an image of ``size`` (width, height) with more pixels than :func:`max_pixels`, before decoding."""
+    limit = max_pixels()
+    if size[0] * size[1] > limit:
+        raise DataError(f"cannot read image {shown(path)}: it is {size[0]:,} x {size[1]:,} pixels, above the limit of "
+                        f"{limit:,}. Remove it or scale it down, or set ${MAX_PIXELS_ENV} above its size")
 
 
 def open_image(path: Path):  # noqa: ANN202 - a PIL image
-    """The image file at ``path`` as a PIL image, decoded now, so that an unreadable or truncated
-    file raises a DataError that names it here rather than later."""
+    """The image file at ``path`` as a PIL image, decoded now, so that an unreadable, truncated or too large
+    file raises a DataError that names it here rather than later. Its size is checked against the pixel
+    limit (:func:`max_pixels`) from its header, before any decoding."""
     from PIL import Image
 
     with _reading(path):
         image = Image.open(path)
+        check_pixels(path, image.size)
         image.load()  # decode now: a truncated file fails here, not later
     return image
 
@@ -193,6 +229,7 @@ def _channels(paths: list[Path]) -> int:
 
     for path in paths:
         with _reading(path), Image.open(path) as image:
+            check_pixels(path, image.size)
             if image.mode not in GRAY_MODES:
                 return 3
     return 1

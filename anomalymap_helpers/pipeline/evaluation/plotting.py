@@ -143,6 +143,8 @@ def prediction_figure(predictions: Any, i: int = 0, match: Any = None) -> Figure
     score, threshold and percentile among the validation normals."""
     from pathlib import Path
 
+    from anomalymap_helpers.files.paths import shown as printable
+
     p = predictions
     image = displayable(p.images[i : i + 1])[0]
     panels = [("input", image, False), (f"map ({p.method})", image, True)]
@@ -159,7 +161,7 @@ def prediction_figure(predictions: Any, i: int = 0, match: Any = None) -> Figure
     verdict = "anomaly" if bool(p.anomaly[i]) else "normal"
     sign = ">" if verdict == "anomaly" else "<="
     note = f" ({p.notes[i]})" if p.notes[i] else ""
-    fig.suptitle(f"{Path(p.names[i]).name}{note}: {p.method} {float(p.scores[i]):.5f} {sign} threshold "
+    fig.suptitle(f"{printable(Path(p.names[i]).name)}{note}: {p.method} {float(p.scores[i]):.5f} {sign} threshold "
                  f"{p.threshold:.5f} -> {verdict}\nabove {float(p.percentiles[i]):.0f} % of the validation normals",
                  fontsize=8)
     return fig

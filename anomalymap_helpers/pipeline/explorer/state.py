@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from anomalymap_helpers.errors import ParameterError
+from anomalymap_helpers.files.paths import shown
 from anomalymap_helpers.pipeline.evaluation import metrics, plotting
 from anomalymap_helpers.pipeline.scoring import Scored
 
@@ -149,7 +150,7 @@ class ExplorerState:
 
     def title(self, i: int) -> str:
         """How image ``i`` is named: its file (folder data sets) or its number in the test set."""
-        return self.names[int(self.indices[i])] if self.names else f"test image #{self.indices[i]}"
+        return shown(self.names[int(self.indices[i])]) if self.names else f"test image #{self.indices[i]}"
 
     @property
     def has_score_map(self) -> bool:

@@ -7,6 +7,7 @@ decides a verdict or a gallery.
 
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,6 +177,7 @@ class ExplorerWidgets:
             return
         f = files[0]
         name = Path(f["name"]).name
+        shown_name = html.escape(name)  # a file's name in the status line's HTML, as text
         c = self.controls
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
@@ -186,7 +188,8 @@ class ExplorerWidgets:
             except AnomalyMapError as exc:  # not an image, unreadable: say so, keep the explorer
                 why = str(exc)
         if why is not None:
-            c["upload_status"].value = f"<b style='color:{plotting.ANOMALY_COLOR}'>cannot score {name}</b>: {why}"
+            c["upload_status"].value = (f"<b style='color:{plotting.ANOMALY_COLOR}'>cannot score {shown_name}</b>: "
+                                        f"{html.escape(why)}")
             c["upload_view"].value = b""
             return
         verdict = "anomaly" if bool(p.anomaly[0]) else "normal"
@@ -194,7 +197,7 @@ class ExplorerWidgets:
         note = f" ({p.notes[0]})" if p.notes[0] else ""
         c["upload_view"].value = render.prediction_png(p, match)  # the picture first, then the line that says so
         c["upload_status"].value = (
-            f"<b style='color:{color}'>{verdict.upper()}</b> &nbsp; uploaded {name}{note}: {p.method} "
+            f"<b style='color:{color}'>{verdict.upper()}</b> &nbsp; uploaded {shown_name}{html.escape(note)}: {p.method} "
             f"{float(p.scores[0]):.5f} {'>' if verdict == 'anomaly' else '<='} threshold {p.threshold:.5f}"
         )
 
