@@ -261,7 +261,13 @@ def export(
     target = Path(out) if out is not None else files.root / "detector.onnx"
     _, channels, size, _ = run.splits["test"].images.shape
     example = torch.zeros(2, channels, size, size, dtype=torch.uint8 if detector.uint8 else torch.float32)
-    write_onnx(detector, example, meta, target)
+    from contextlib import nullcontext
+
+    from anomalymap_helpers.files.lock import writing
+
+    inside = target.resolve().parent.is_relative_to(files.root.resolve())
+    with writing(files.root, "export") if inside else nullcontext():
+        write_onnx(detector, example, meta, target)
     return target
 
 

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 from anomalymap_helpers.files import storage
+from anomalymap_helpers.files.lock import writing
 from anomalymap_helpers.files.paths import shown
 
 SKIPPED_EXIT = 3
@@ -48,7 +50,8 @@ def predict_command(args: argparse.Namespace) -> int:
     run.files.require(run.files.model, "02_training")
     paths, ignored = find_images(args.images)  # a missing input is refused here, before any work
     out = Path(args.out) if args.out else free_folder(run.files.root)
-    with storage.new_folder(out) as build:
+    inside = out.resolve().is_relative_to(run.files.root.resolve())
+    with writing(run.files.root, "predict") if inside else nullcontext(), storage.new_folder(out) as build:
         plain = headless()
         bar = progress_bar(len(paths), "images", disable=plain)
         done = [0]

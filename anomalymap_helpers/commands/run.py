@@ -26,6 +26,7 @@ import yaml
 from anomalymap_helpers import parameters
 from anomalymap_helpers.commands.echo import NotebookEcho
 from anomalymap_helpers.errors import AnomalyMapError, ParameterError
+from anomalymap_helpers.files.lock import LOCK_NAME, writing
 from anomalymap_helpers.files.paths import DEFAULT_RESULTS_DIR, RunFiles, project_root, resolve
 from anomalymap_helpers.pipeline.progress import HEADLESS_ENV
 from anomalymap_helpers.pipeline.training import TrainConfig, check_resume
@@ -102,7 +103,7 @@ def _snapshot(folder: Path) -> dict[Path, int]:
     return {
         p.relative_to(folder): p.stat().st_mtime_ns
         for p in folder.rglob("*")
-        if p.is_file() and p.parts[len(folder.parts)] != "notebooks"
+        if p.is_file() and p.parts[len(folder.parts)] != "notebooks" and p.name != LOCK_NAME
     }
 
 
@@ -144,6 +145,12 @@ def run_series(
             params[key] = str(resolve(params[key]))
     notebooks = notebooks or series()
     check_parameters(params, notebooks)
+    with writing(results, "run"):  # one writer: refused at once if another process writes this folder
+        return _run_series(params, results, notebooks, echo, kernel_per_notebook)
+
+
+def _run_series(params: dict[str, Any], results: Path, notebooks: list[Path], echo: Callable[[str], None],
+                kernel_per_notebook: bool) -> list[NotebookRun]:
     files = RunFiles(results)
     before = _snapshot(results)
     files.notebooks.mkdir(parents=True, exist_ok=True)

@@ -175,9 +175,15 @@ class Checkpoints:
 
     @contextmanager
     def guarded(self) -> Iterator[None]:
-        """Run the epochs: SIGTERM as Ctrl-C, and on either, say where the last checkpoint is."""
+        """Run the epochs: the run folder's writer lock held (:mod:`~anomalymap_helpers.files.lock`), SIGTERM
+        as Ctrl-C, and on either, say where the last checkpoint is."""
+        from contextlib import nullcontext
+
+        from anomalymap_helpers.files.lock import writing
+
         try:
-            with self._interrupts.installed():
+            with writing(self.files.root, "training") if self.files is not None and self.main else nullcontext(), \
+                    self._interrupts.installed():
                 yield
         except KeyboardInterrupt:
             # Counted from what is saved, not from the loop's epoch: a signal can land after an
