@@ -124,7 +124,7 @@ def process_group(device: str = "auto") -> Iterator[tuple[World, torch.device]]:
         dist.destroy_process_group()
 
 
-def exit_worker(code: int) -> None:
+def exit_worker(code: int | None) -> None:
     """End a torchrun worker with ``code`` once its work is done, skipping the interpreter's teardown.
 
     With several processes a gloo worker that has destroyed its process group still aborts now and
@@ -140,7 +140,7 @@ def exit_worker(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         with suppress(OSError, ValueError):  # a closed or broken pipe: nothing more can be said
             stream.flush()
-    os._exit(code)
+    os._exit(code or 0)  # None, as sys.exit takes it, is success
 
 
 def all_sum(value: torch.Tensor) -> torch.Tensor:
