@@ -63,6 +63,13 @@ def _params(args: argparse.Namespace) -> int:
 
 
 def _example_folder(args: argparse.Namespace) -> int:
+    if args.kind == "photos":
+        from anomalymap_helpers.pipeline.data.photos import DEFAULT_OUT, SURFACES, make_photo_folders
+
+        out = make_photo_folders(args.out or DEFAULT_OUT, size=args.size, seed=args.seed)
+        print(f"wrote {len(SURFACES)} photograph category folders to {out} ({', '.join(SURFACES)}); try one with:")
+        print(f"  python -m anomalymap_helpers run -p dataset folder -p image_dir {out}/stone -p image_size {args.size}")
+        return 0
     if args.kind == "textures":
         from anomalymap_helpers.pipeline.data.textures import DEFAULT_OUT, MATERIALS, make_texture_folders
 
@@ -153,13 +160,15 @@ def parser() -> argparse.ArgumentParser:
     params = sub.add_parser("params", help="print every notebook parameter as a markdown table")
     params.set_defaults(func=_params)
     example = sub.add_parser(
-        "example-folder", help="make example folder data sets (MVTec AD layout, defect masks): washers or textures"
+        "example-folder", help="make example folder data sets (MVTec AD layout, defect masks): washers, textures or photos"
     )
-    example.add_argument("--kind", choices=["washers", "textures"], default="washers",
+    example.add_argument("--kind", choices=["washers", "textures", "photos"], default="washers",
                          help="washers: MNIST zeros with drawn marks (easy); textures: wood, fabric and brushed metal "
-                              "with scratches, cracks, stains, cut-ins, holes and discolouration (hard)")
+                              "with scratches, cracks, stains, cut-ins, holes and discolouration (hard); photos: "
+                              "real photographs (GIMP's patterns: apt install gimp-data gimp-data-extras) with "
+                              "warps, folds, smears, displaced and foreign pieces besides painted marks (hardest)")
     example.add_argument("--out", default=None, metavar="DIR",
-                         help="a new folder (default data/example-folder, or data/example-textures)")
+                         help="a new folder (default data/example-folder, data/example-textures or data/example-photos)")
     example.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     example.add_argument("--seed", type=int, default=0)
     example.add_argument("--mnist-dir", default=None, help="local MNIST folder (default: the copy in data/mnist/)")

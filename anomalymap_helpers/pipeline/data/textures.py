@@ -91,7 +91,7 @@ def material(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     raise ParameterError(f"material {kind!r}: use one of {list(MATERIALS)}")
 
 
-def _blob(size: int, rng: np.random.Generator, radius: tuple[float, float]) -> np.ndarray:
+def blob_mask(size: int, rng: np.random.Generator, radius: tuple[float, float]) -> np.ndarray:
     """A noisy-edged blob mask ``(size, size)`` bool somewhere inside the middle of the image."""
     y, x = np.mgrid[0:size, 0:size].astype(float)
     cx, cy = rng.uniform(0.3, 0.7, 2) * size
@@ -100,7 +100,7 @@ def _blob(size: int, rng: np.random.Generator, radius: tuple[float, float]) -> n
     return (((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2) < 1 + 0.8 * edge
 
 
-def _line(size: int, rng: np.random.Generator, width: float, branches: int = 0) -> np.ndarray:
+def line_mask(size: int, rng: np.random.Generator, width: float, branches: int = 0) -> np.ndarray:
     """A thin polyline mask ``(size, size)`` bool: a random walk across the middle, and branches."""
     from PIL import Image, ImageDraw
 
@@ -125,24 +125,24 @@ def defect(image: np.ndarray, kind: str, mat: str, rng: np.random.Generator) -> 
     size = image.shape[0]
     out = image.copy()
     if kind == "scratch":
-        m = _line(size, rng, 1 / 48)
+        m = line_mask(size, rng, 1 / 48)
         out[m] = np.clip(out[m] * 0.4 + 0.6 * np.array([235, 232, 225]), 0, 255)
     elif kind == "crack":
-        m = _line(size, rng, 1 / 64, branches=2)
+        m = line_mask(size, rng, 1 / 64, branches=2)
         out[m] = out[m] * 0.3
     elif kind == "stain":
-        m = _blob(size, rng, (0.08, 0.16))
+        m = blob_mask(size, rng, (0.08, 0.16))
         soft = ndimage.gaussian_filter(m.astype(float), 1.0) * m
         out = out * (1 - 0.55 * soft[..., None]) + np.array([40, 30, 10]) * 0.25 * soft[..., None]
     elif kind == "cut":
-        m = _blob(size, rng, (0.1, 0.18))
+        m = blob_mask(size, rng, (0.1, 0.18))
         other = material(rng.choice([o for o in MATERIALS if o != mat]), size, rng)
         out[m] = other[m]
     elif kind == "hole":
-        m = _blob(size, rng, (0.06, 0.12))
+        m = blob_mask(size, rng, (0.06, 0.12))
         out[m] = np.array([18, 18, 20]) + 10 * rng.random((int(m.sum()), 1))
     elif kind == "colour":
-        m = _blob(size, rng, (0.1, 0.18))
+        m = blob_mask(size, rng, (0.1, 0.18))
         out[m] = out[m] * 0.7 + np.array([190, 120, 50]) * 0.3  # a rusty discolouration
     else:
         raise ParameterError(f"defect {kind!r}: use one of {list(DEFECTS)}")
