@@ -9,7 +9,12 @@ then times, median of ``--repeats``:
 
 and prints both rates, their ratio, and that the two gave the same scores. The CPU is named.
 
+With ``--memory N,M,...`` it measures instead the ``predict`` command's peak memory (the largest
+resident set of its process, from ``wait4``) on N, then M, ... PNG files: flat memory is a peak
+that does not grow with the number of images.
+
     python benchmarks/predict_speed.py --results results/default --images 1000
+    python benchmarks/predict_speed.py --results results/default --memory 2000,20000
 """
 
 from __future__ import annotations
@@ -26,8 +31,44 @@ import tempfile
 import time
 
 
+def peak_memory(results: str, counts: list[int], device: str) -> list[tuple[int, float, float]]:
+    """``(images, peak resident MB, seconds)`` of the ``predict`` command on each count of PNG files (the
+    run's test images, repeated), each in a process of its own."""
+    import os
+    import subprocess
+
+    from anomalymap_helpers.runs.opened import Run
+    from anomalymap_helpers.runs.predictions import write_pngs
+
+    test = Run.open(results).splits["test"].images
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for count in counts:
+            folder = Path(tmp) / f"images-{count}"
+            write_pngs(test.repeat(-(-count // len(test)), 1, 1, 1)[:count], folder)
+            cmd = [sys.executable, "-m", "anomalymap_helpers", "predict", "--results", results, str(folder),
+                   "--out", str(Path(tmp) / f"out-{count}"), "--device", device]
+            t0 = time.perf_counter()
+            child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            _, status, usage = os.wait4(child.pid, 0)
+            child.returncode = os.waitstatus_to_exitcode(status)
+            if child.returncode not in (0, 3):
+                raise RuntimeError(f"predict on {count} images failed ({child.returncode}): {child.stderr.read().decode()[-500:]}")
+            out.append((count, usage.ru_maxrss / 1024, time.perf_counter() - t0))  # ru_maxrss: KiB on Linux
+    return out
+
+
 def _main(args: argparse.Namespace) -> int:
     import torch
+
+    if args.memory:
+        from benchmarks.machine import cpu_info
+
+        rows = peak_memory(args.results, [int(c) for c in args.memory.split(",")], args.device)
+        print(f"CPU: {cpu_info()}\n\n| images | peak memory of predict (MB) | seconds |\n|---:|---:|---:|")
+        for count, mb, seconds in rows:
+            print(f"| {count:,} | {mb:,.0f} | {seconds:.1f} |")
+        return 0
 
     from anomalymap_helpers.runs.opened import Run
     from anomalymap_helpers.runs.predictions import write_pngs
@@ -69,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory", default=None, metavar="N,M,...",
+                        help="instead: the predict command's peak memory on N, M, ... image files")
     return run(parser, _main, argv)
 
 

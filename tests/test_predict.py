@@ -163,6 +163,35 @@ def test_the_speed_benchmark_times_files_against_memory(folder_run_dir: Path, ca
     assert "predict on PNG files (decode included):" in out and "images/s" in out
 
 
+def test_predict_a_batch_at_a_time_holds_one_batch_and_gives_what_predict_gives(folder_run_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    from anomalymap_helpers.runs.predictions import predict_batches
+
+    run = Run.open(folder_run_dir)
+    paths = write_pngs(run.splits["test"].images[:23], tmp_path / "new")
+    (tmp_path / "new" / "broken.png").write_bytes(b"")
+    whole = run.predict(tmp_path / "new")
+    parts = list(predict_batches(run, tmp_path / "new", batch_size=5))
+    files = len(paths) + 1  # the broken file sorts last: the last batch of 5 files has one image fewer
+    sizes = [min(5, files - i) for i in range(0, files, 5)]
+    sizes[-1] -= 1
+    assert [len(p) for p in parts] == [k for k in sizes if k] and all(len(p.images) == len(p.maps) == len(p) for p in parts)
+    assert [n for p in parts for n in p.names] == whole.names == [str(p) for p in paths]
+    assert torch.equal(torch.cat([p.scores for p in parts]), whole.scores)  # the same batches' computation
+    assert torch.equal(torch.cat([p.maps for p in parts]), whole.maps)
+    assert parts[-1].skipped == whole.skipped and "broken.png" in whole.skipped[0][0]
+    with pytest.raises(ParameterError):  # the inputs are checked at the call, before any batch is read
+        predict_batches(run, tmp_path / "nothing-here")
+
+
+def test_predicts_peak_memory_is_measured_per_process(folder_run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.predict_speed import main as speed
+
+    assert speed(["--results", str(folder_run_dir), "--memory", "20,60"]) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| 20 |") or r.startswith("| 60 |")]
+    assert len(rows) == 2 and all(float(r.split("|")[2].replace(",", "")) > 100 for r in rows)  # MB: torch alone is more
+
+
 def test_a_detector_without_a_run_folder_is_a_model_a_scorer_and_a_threshold(small_normals) -> None:
     """``judge`` needs no Run: a model, its Scorer and a threshold give the Scorer's own scores, the verdicts
     at the threshold, and each image's share of validation normals below it."""

@@ -72,7 +72,7 @@ def test_speed_benchmark_at_another_size_and_the_cpu_line(
     and the report names the CPU and its AVX-512/bf16/AMX flags (from /proc/cpuinfo)."""
     report = run_speed(
         1, str(tmp_path / "speed"), data_dir=str(tmp_path / "data"), mnist_dir=str(mnist_dir), max_train=300,
-        image_size=32, channels=3, profile_steps=2,
+        max_test=2000, image_size=32, channels=3, profile_steps=2,  # 2,000 test images, as the first test
     )
     assert (report["image_size"], report["channels"], report["train_images"]) == (32, 3, 270)
     assert report["project"]["scoring_images_per_s"] > 0 and 0 < report["tsne_points"] <= 1000

@@ -11,7 +11,10 @@ folder (``--out``, refused if it exists and is not empty; by default the first f
   has one, its best-matching normal training image;
 - ``skipped.csv``: each file that could not be read, and why (only when there are some).
 
-The folder is built beside its place and renamed into it at the end, so it is never half written.
+The images are scored a batch at a time (:func:`~anomalymap_helpers.runs.predictions.predict_batches`):
+each batch's rows are kept and its flagged images drawn, and its images and maps let go, so memory
+stays flat whatever the number of images (``benchmarks/predict_speed.py --memory``). The folder is
+built beside its place and renamed into it at the end, so it is never half written.
 It prints what it did to images that did not fit the run, each skipped file, and a summary line
 (``37 of 500 flagged at threshold 0.0812``). Exit status: 0, or 3 when some files were skipped
 (the others are scored), 2 for bad arguments, 1 for a run that is not ready.
@@ -43,7 +46,7 @@ def predict_command(args: argparse.Namespace) -> int:
     """The ``predict`` verb; returns the exit status."""
     from anomalymap_helpers.pipeline.progress import headless, progress_bar
     from anomalymap_helpers.runs.opened import Run
-    from anomalymap_helpers.runs.predictions import find_images
+    from anomalymap_helpers.runs.predictions import find_images, predict_batches, summary_line
 
     run = Run.open(args.results, mnist_dir=args.mnist_dir, device=args.device)
     run.evaluation  # noqa: B018 - refuse a run that 03 has not scored before any image is read
@@ -62,28 +65,31 @@ def predict_command(args: argparse.Namespace) -> int:
             if plain:
                 print(f"scored {n:,} of {len(paths):,} images", flush=True)
 
-        p = run.predict(paths or args.images, batch_size=args.batch_size, on_batch=on_batch)  # the files found above
-        bar.close()
-        storage.write_csv(
-            build / "predictions.csv", ["path", "score", "verdict", "threshold", "percentile", "note"],
-            ([n, f"{float(s):.6g}", "anomaly" if a else "normal", f"{p.threshold:.6g}", f"{float(q):.1f}", note]
-             for n, s, a, q, note in zip(p.names, p.scores, p.anomaly, p.percentiles, p.notes, strict=True)),
-        )
-        if p.skipped:
-            storage.write_csv(build / "skipped.csv", ["path", "why"], p.skipped)
         from anomalymap_helpers.pipeline.evaluation import plotting
 
         train_images = run.splits["train"].images
-        for i in map(int, p.anomaly.nonzero().flatten()):
-            storage.save_figure(plotting.prediction_figure(p, i, p.best_match(i, train_images)),
-                                build / "flagged" / f"{i:05d}_{Path(p.names[i]).stem}.png", dpi=100)
+        rows, notes, flagged, n, p = [], Counter(), 0, 0, None
+        # A batch at a time (predict_batches): its rows kept, its flagged images drawn, its images and maps let go.
+        for p in predict_batches(run, paths or args.images, batch_size=args.batch_size):  # the files found above
+            rows += [[name, f"{float(s):.6g}", "anomaly" if a else "normal", f"{p.threshold:.6g}", f"{float(q):.1f}", note]
+                     for name, s, a, q, note in zip(p.names, p.scores, p.anomaly, p.percentiles, p.notes, strict=True)]
+            notes.update(note for note in p.notes if note)
+            for i in map(int, p.anomaly.nonzero().flatten()):
+                storage.save_figure(plotting.prediction_figure(p, i, p.best_match(i, train_images)),
+                                    build / "flagged" / f"{n + i:05d}_{Path(p.names[i]).stem}.png", dpi=100)
+            flagged, n = flagged + int(p.anomaly.sum()), n + len(p)
+            on_batch(n + len(p.skipped))
+        bar.close()
+        storage.write_csv(build / "predictions.csv", ["path", "score", "verdict", "threshold", "percentile", "note"], rows)
+        if p.skipped:
+            storage.write_csv(build / "skipped.csv", ["path", "why"], p.skipped)
     if ignored:
         print(f"ignored {len(ignored)} file(s) that are not images (never read): {', '.join(map(shown, ignored[:5]))}"
               + (" ..." if len(ignored) > 5 else ""))
-    for note, count in Counter(n for n in p.notes if n).items():
+    for note, count in notes.items():
         print(f"{count} image(s): {note}")
     for path, why in p.skipped:
         print(f"skipped {shown(path)}: {why}")
-    print(p.summary())
-    print(f"wrote {out}/predictions.csv" + (f" and {int(p.anomaly.sum())} figure(s) in {out}/flagged/" if p.anomaly.any() else ""))
+    print(summary_line(flagged, n, p.threshold, p.method, len(p.skipped)))
+    print(f"wrote {out}/predictions.csv" + (f" and {flagged} figure(s) in {out}/flagged/" if flagged else ""))
     return SKIPPED_EXIT if p.skipped else 0

@@ -17,7 +17,7 @@ cannot be decoded is named and skipped; the others are still scored.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +78,13 @@ class Predictions:
 
     def summary(self) -> str:
         """``37 of 500 flagged at threshold 0.0812 (segment)``, and how many were skipped."""
-        line = f"{int(self.anomaly.sum())} of {len(self)} flagged at threshold {self.threshold:.4g} ({self.method})"
-        if self.skipped:
-            line += f"; {len(self.skipped)} file(s) skipped, unreadable"
-        return line
+        return summary_line(int(self.anomaly.sum()), len(self), self.threshold, self.method, len(self.skipped))
+
+
+def summary_line(flagged: int, total: int, threshold: float, method: str, skipped: int = 0) -> str:
+    """``37 of 500 flagged at threshold 0.0812 (segment)``, and how many were skipped."""
+    line = f"{flagged} of {total} flagged at threshold {threshold:.4g} ({method})"
+    return line + (f"; {skipped} file(s) skipped, unreadable" if skipped else "")
 
 
 def write_pngs(images: torch.Tensor, folder: str | os.PathLike[str]) -> list[Path]:
@@ -210,6 +213,30 @@ def predict(
     Raises:
         ParameterError: a missing input, an array that is not images, or no image at all.
         MissingInputError: the run has no model or no evaluation (notebooks 02, 03).
+        DataError: no image could be read.
+
+    It keeps every image and map; :func:`predict_batches` gives them a batch at a time instead.
+    """
+    parts = []
+    for part in predict_batches(run, images, batch_size=batch_size):
+        parts.append(part)
+        if on_batch is not None:
+            on_batch(sum(map(len, parts)) + len(part.skipped))
+    return joined(parts)
+
+
+def predict_batches(
+    run: Run,
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | np.ndarray | torch.Tensor,
+    *,
+    batch_size: int = BATCH,
+) -> Iterator[Predictions]:
+    """:func:`predict` a batch at a time (:func:`judged`): one :class:`Predictions` per batch, holding only
+    that batch's images and maps, for any number of images in flat memory (the ``predict`` command's
+    way). Everything is checked here, before the first batch is read: the run, and the inputs.
+
+    Raises:
+        ParameterError, MissingInputError: as :func:`predict`, at this call.
     """
     from anomalymap_helpers.pipeline import scoring
 
@@ -218,8 +245,7 @@ def predict(
     batches = image_batches(images, run.model.config.image_size, run.model.config.channels, batch_size)
     val = scoring.read_scores(run.files.require(run.files.scores, "03_evaluation"), "val")[1]
     own = None if scoring.REGISTRY[method].map_in_scored else run.score_maps(method)
-    return judge(run.model, run.scorer(blur), method, threshold, batches, val_scores=val, blur=blur, own_map=own,
-                 on_batch=on_batch)
+    return judged(run.model, run.scorer(blur), method, threshold, batches, val_scores=val, blur=blur, own_map=own)
 
 
 @dataclass
@@ -279,34 +305,64 @@ def judge(
         own_map: The score's own map where it is not read off the :class:`Scored` (``Run.score_maps``).
         on_batch: Called with the number of images done after each batch.
     """
+    parts = []
+    for part in judged(model, scorer, method, threshold, batches, val_scores=val_scores, blur=blur, own_map=own_map):
+        parts.append(part)
+        if on_batch is not None:
+            on_batch(sum(map(len, parts)) + len(batches.skipped))
+    return joined(parts)
+
+
+def judged(
+    model: Model,
+    scorer: Scorer,
+    method: str,
+    threshold: float,
+    batches: Batches,
+    *,
+    val_scores: torch.Tensor,
+    blur: float = 0.0,
+    own_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Iterator[Predictions]:
+    """:func:`judge` a batch at a time: one :class:`Predictions` per batch of ``batches``, holding only that
+    batch's images and maps, so that scoring any number of images keeps one batch in memory. Their
+    ``skipped`` is ``batches.skipped``, filled as unreadable files are met. Arguments as :func:`judge`'s.
+
+    Raises:
+        DataError: at the end, where no image could be read (the first three reasons said).
+    """
     from anomalymap_helpers.pipeline import scoring
 
-    entry = scoring.REGISTRY[method]
-    out: dict[str, list[Any]] = {k: [] for k in ("names", "notes", "scores", "maps", "images", "matches")}
+    entry, done = scoring.REGISTRY[method], False
     for x, names, notes in batches.batches:
         if not len(x):
             continue
         scored = scoring.score(model, x, blur=blur)
-        out["scores"].append(scorer.all_scores(scored)[method])
+        scores = scorer.all_scores(scored)[method]
+        match = None
         if isinstance(own_map, scoring.PatchKnn):  # its maps, and the normal each image is compared with
             maps, match = own_map.explain(x)
-            out["matches"].append(match)
         else:
             maps = entry.pixel_map(scored) if own_map is None else own_map(x)
-        out["maps"].append(maps.float())
-        out["images"].append(x)
-        out["names"] += names
-        out["notes"] += notes
-        if on_batch is not None:
-            on_batch(len(out["names"]) + len(batches.skipped))
-    if not out["names"]:
+        yield Predictions(
+            list(names), scores, scores > threshold, maps.float(),
+            (val_scores[None, :] < scores[:, None]).float().mean(1) * 100, list(notes), threshold, method,
+            batches.skipped, x, match,
+        )
+        done = True
+    if not done:
         raise DataError(f"none of the {batches.total} image file(s) could be read: "
                         + "; ".join(w for _, w in batches.skipped[:3]))
-    scores = torch.cat(out["scores"])
+
+
+def joined(parts: list[Predictions]) -> Predictions:
+    """Batches' :class:`Predictions` (at least one, as :func:`judged` gives them) as one, in order."""
+    first = parts[0]
+    cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
     return Predictions(
-        out["names"], scores, scores > threshold, torch.cat(out["maps"]),
-        (val_scores[None, :] < scores[:, None]).float().mean(1) * 100, out["notes"], threshold, method,
-        batches.skipped, torch.cat(out["images"]), torch.cat(out["matches"]) if out["matches"] else None,
+        [n for p in parts for n in p.names], cat("scores"), cat("anomaly"), cat("maps"), cat("percentiles"),
+        [n for p in parts for n in p.notes], first.threshold, first.method, first.skipped, cat("images"),
+        cat("matches") if first.matches is not None else None,
     )
 
 
