@@ -176,3 +176,17 @@ def test_random_bytes_behind_any_image_suffix_are_named(tmp_path: Path, head: by
     path = tmp_path / f"y{suffix}"
     path.write_bytes(head + body)
     _read_or_refuse(path)
+
+
+def test_the_hostile_files_table_says_what_each_reader_did(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/hostile_files.py, the table in docs/testing.md: no reader crashes, each says what it did."""
+    from benchmarks.hostile_files import main as table
+
+    assert table([]) == 0
+    rows = {r.split(" | ")[0].lstrip("| "): r.split(" | ")[1:] for r in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["a good PNG"] == ["read (2 training images)", "scored", "scored |"]
+    bomb = rows["a decompression bomb (20,000 x 20,000 claimed, 57 bytes)"]
+    assert bomb[0].startswith("refused before any training") and "above the limit" in bomb[1]
+    assert rows["a FIFO named x.png (opening it would block)"][:2] == [
+        "skipped, listed as not an image: <file>", "never opened (not a regular image file)"]
+    assert all("Traceback" not in " ".join(r) for r in rows.values()) and len(rows) == 12

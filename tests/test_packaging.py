@@ -59,7 +59,7 @@ def test_the_product_ships_without_the_instruments(capsys) -> None:
     verbs = capsys.readouterr().out.split("{", 1)[1].split("}", 1)[0].split(",")
     assert verbs == ["run", "train", "export", "predict", "params", "example-folder", "benchmark"]
     scripts = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if "main(" in p.read_text() and not p.name.startswith("_"))
-    assert len(scripts) == 20, scripts
+    assert len(scripts) == 21, scripts
     for script in scripts:
         text = script.read_text()
         assert text.startswith('"""') and '__name__ == "__main__"' in text, script.name
