@@ -25,3 +25,7 @@ class DataError(AnomalyMapError):
 
 class TrainingError(AnomalyMapError):
     """Training could not go on (for example, the loss became NaN)."""
+
+
+class DiskFullError(AnomalyMapError, OSError):
+    """The disk filled up while a file was written; nothing was written in its place."""

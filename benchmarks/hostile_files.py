@@ -111,7 +111,7 @@ def readers(what: object, tmp: Path) -> tuple[str, str, str]:
             predict = "scored"
         except AnomalyMapError as exc:
             predict = f"skipped, named in skipped.csv, exit 3: {_short(str(exc), path)}"
-    if isinstance(what, bytes) or isinstance(what, tuple):
+    if isinstance(what, (bytes, tuple)):
         upload_path = _place(tmp / "upload", what)
         try:
             read_image(upload_path, 16, 3)

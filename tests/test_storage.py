@@ -71,3 +71,52 @@ def test_sigkill_while_saving_leaves_a_loadable_checkpoint(tmp_path: Path) -> No
         step = checkpoint.read_metadata(path)["step"]
         expected = reference.state_dict()["decoder_fc.bias"] + (step + 1)
         torch.testing.assert_close(model.state_dict()["decoder_fc.bias"], expected)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):  # noqa: ANN201 - a folder on a 1 MiB tmpfs, mounted for the test
+    """A folder on a tmpfs of 1 MiB (mounted by root; these machines run the tests as root)."""
+    import os
+
+    from tests.conftest import require
+
+    where = tmp_path / "small"
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
+                                           capture_output=True).returncode != 0:
+        require("a 1 MiB tmpfs could not be mounted (the full-disk tests need root and mount)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def test_a_full_disk_is_said_and_leaves_the_old_file_and_no_temporary_one(full_disk: Path) -> None:
+    from anomalymap_helpers.errors import DiskFullError
+
+    storage.write_bytes(full_disk / "kept.bin", b"before")
+    with pytest.raises(DiskFullError, match=r"the disk holding .* is full: the file kept.bin was not written"):
+        storage.write_bytes(full_disk / "kept.bin", bytes(2 << 20))
+    assert (full_disk / "kept.bin").read_bytes() == b"before" and sorted(p.name for p in full_disk.iterdir()) == ["kept.bin"]
+    # A checkpoint (safetensors writes it) and a folder of files (predict's) are refused the same way.
+    model = ConvAutoencoder(ModelConfig(latent_dim=64, image_size=64, channels=3))  # 4 MB of weights
+    with pytest.raises(DiskFullError, match="model.safetensors was not written"):
+        checkpoint.save_model(full_disk / "model.safetensors", model)
+    with pytest.raises(DiskFullError, match="the folder out was not written"), storage.new_folder(full_disk / "out") as build:
+        storage.write_bytes(build / "a.bin", bytes(600 << 10))
+        storage.write_bytes(build / "b.bin", bytes(600 << 10))
+    assert sorted(p.name for p in full_disk.iterdir()) == ["kept.bin"]
+
+
+def test_predict_onto_a_full_disk_stops_with_one_line(folder_run_dir: Path, full_disk: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from anomalymap_helpers.commands.cli import main
+    from anomalymap_helpers.runs.opened import Run
+    from anomalymap_helpers.runs.predictions import write_pngs
+
+    write_pngs(Run.open(folder_run_dir).splits["test"].images[:4], tmp_path / "new")
+    storage.write_bytes(full_disk / "filler.bin", bytes(1000 << 10))  # the disk all but full
+    assert main(["predict", "--results", str(folder_run_dir), str(tmp_path / "new"), "--out", str(full_disk / "p")]) == 1
+    err = capsys.readouterr().err
+    assert "error: the disk holding" in err and "is full" in err and "Traceback" not in err
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler.bin"]

@@ -36,16 +36,46 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) says the disk or the quota is full, whichever library
+    raised it (Python's OSError, or a torch, safetensors or matplotlib error that quotes the system's)."""
+    import errno
+
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _full(dest: Path, what: str) -> Exception:
+    from anomalymap_helpers.errors import DiskFullError
+
+    return DiskFullError(
+        f"the disk holding {dest.parent} is full: {what} {dest.name} was not written, and what was there before "
+        "is as it was. Free some space (or write elsewhere) and run again; a training run goes on from its last "
+        "epoch with -p resume True"
+    )
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
 
     The caller writes the whole file to the yielded path. If the block raises,
     the temporary file is removed and ``path`` is left as it was.
+
+    Raises:
+        DiskFullError: the disk (or the quota) filled up while the file was written, whoever wrote it.
     """
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as exc:
+        raise (_full(dest, "the file") if _disk_full(exc) else exc) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -54,8 +84,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; give the mode a plain open() would
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if _disk_full(exc):
+            raise _full(dest, "the file") from None
         raise
 
 
@@ -81,8 +113,10 @@ def new_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
         if dest.exists():
             dest.rmdir()
         build.rename(dest)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(build, ignore_errors=True)
+        if _disk_full(exc):
+            raise _full(dest, "the folder") from None
         raise
 
 
