@@ -208,7 +208,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         ("01",), "\"\" or a folder in the MVTec AD layout", _image_dir,
     ),
     Parameter(
-        "image_size", int, 0, "side the images are resized to; 0: 28 for MNIST/Fashion, 128 for folders",
+        "image_size", int, 0, "side the images are resized to; 0: 28 for MNIST/Fashion; for folders, the images' own side if they share one of at most 128, else 128",
         ("01",), "0, 28 for MNIST/Fashion; a size the model halves to <= 8 (e.g. 64, 128) for folders",
         lambda n, v: _positive_int(n, v, 0),
     ),

@@ -127,3 +127,26 @@ def test_idx_data_sets_stay_at_28_pixels() -> None:
     assert data.image_size_for("fashion-mnist", 0) == 28 and data.image_size_for("folder", 0) == 128
     with pytest.raises(ParameterError, match="fashion-mnist images are 28x28; leave image_size at 0"):
         data.image_size_for("fashion-mnist", 64)
+
+
+def test_a_folder_is_used_at_its_own_size_where_its_images_share_one(tmp_path: Path) -> None:
+    """image_size 0: a folder of 48x48 images stays 48x48; mixed, non-square, too large or a side the model
+    cannot take gives 128; a size asked for is used as it is."""
+    from PIL import Image
+
+    from anomalymap_helpers.pipeline.data.sources import folder_size
+
+    def folder(name: str, *sizes: tuple[int, int]) -> Path:
+        root = tmp_path / name
+        for part, size in zip(("train/good", "test/good", "test/dent"), [*sizes, sizes[-1], sizes[-1]], strict=False):
+            (root / part).mkdir(parents=True)
+            Image.new("RGB", size, (90, 90, 90)).save(root / part / "a.png")
+        return root
+
+    assert folder_size(folder("same", (48, 48))) == 48
+    assert data.load_dataset("folder", image_dir=str(tmp_path / "same")).train_images.shape[-1] == 48
+    assert folder_size(folder("mixed", (48, 48), (64, 64))) == 128
+    assert folder_size(folder("wide", (64, 48))) == 128
+    assert folder_size(folder("large", (256, 256))) == 128
+    assert folder_size(folder("odd", (100, 100))) == 128  # the model halves 100 only twice: not a size it takes
+    assert folder_size(tmp_path / "same", 64) == 64

@@ -223,6 +223,26 @@ def open_image(path: Path):  # noqa: ANN202 - a PIL image
     return image
 
 
+def own_size(image_dir: str | os.PathLike[str], largest: int) -> int | None:
+    """The side every image of the category folder has, where they all are square of one side of at most
+    ``largest``; else None. Read from the files' headers: nothing is decoded.
+
+    Raises:
+        DataError: a layout error (see :func:`scan`), or a file that is not an image.
+    """
+    from PIL import Image
+
+    layout = scan(image_dir)
+    sizes = set()
+    for path in [*layout.train, *(p for p, _ in layout.test)]:
+        with _reading(path), Image.open(path) as image:
+            sizes.add(image.size)
+        if len(sizes) > 1:
+            return None
+    (w, h), = sizes
+    return w if w == h and w <= largest else None
+
+
 def _channels(paths: list[Path]) -> int:
     """1 if every image is grayscale, else 3 (from the files' headers)."""
     from PIL import Image

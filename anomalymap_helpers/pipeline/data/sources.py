@@ -15,7 +15,8 @@ FOLDER_SIZE = 128
 
 
 def image_size_for(dataset: str, image_size: int = 0) -> int:
-    """The side the images are used at: ``image_size``, or where it is 0, 28 (MNIST, Fashion) or 128 (folders).
+    """The side the images are used at: ``image_size``, or where it is 0, 28 (MNIST, Fashion) or 128 (folders;
+    :func:`folder_size` then gives the images' own side where they share one of at most 128).
 
     Raises:
         ParameterError: an IDX data set at another size than 28, or a size the model
@@ -33,6 +34,26 @@ def image_size_for(dataset: str, image_size: int = 0) -> int:
     from anomalymap_helpers.pipeline.models import check_image_size
 
     return check_image_size(image_size or FOLDER_SIZE)
+
+
+def folder_size(image_dir: str | os.PathLike[str], image_size: int = 0) -> int:
+    """The side a category folder's images are used at: ``image_size``; where it is 0, the images' own
+    side where they all share one of at most 128 that the model takes (a 64x64 folder stays 64x64: no
+    pixels made up), else 128.
+
+    Raises:
+        ParameterError: a size the model cannot take.
+        DataError: a layout error or a file that is not an image (from the headers; nothing is decoded).
+    """
+    from anomalymap_helpers.pipeline.models import check_image_size
+
+    if image_size:
+        return check_image_size(image_size)
+    own = folder.own_size(image_dir, FOLDER_SIZE)
+    try:
+        return check_image_size(own) if own else FOLDER_SIZE
+    except ParameterError:  # a side the model cannot halve down (e.g. 100): the folders' default
+        return FOLDER_SIZE
 
 
 def check_dataset(dataset: str, image_dir: str | None = None, image_size: int = 0) -> int:
@@ -75,6 +96,6 @@ def load_dataset(
     """
     size = check_dataset(dataset, image_dir, image_size)
     if dataset == "folder":
-        return folder.load_folder(image_dir, size)
+        return folder.load_folder(image_dir, folder_size(image_dir, image_size))
     spec = idx.SPECS[dataset]
     return idx.load(spec, data_dir, mnist_dir if spec is idx.MNIST else fashion_dir)
