@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-dir", nargs="+", required=True, metavar="DIR", help="category folders (MVTec AD layout)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--patch", type=int, default=7, help="the neighbourhood's side in pixels (default 7)")
-    parser.add_argument("--scales", default="1,2,4", help="the poolings compared, comma-separated (default 1,2,4)")
+    parser.add_argument("--scales", default="1,2", help="the poolings compared, comma-separated (default 1,2)")
     parser.add_argument("--bank", type=int, default=16384, help="training neighbourhoods kept a scale (default 16384)")
     parser.add_argument("--out", default=None, metavar="FILE", help="write the figures here as JSON")
     return run(parser, _main, argv)

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python benchmarks/two_signals.py", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders of the restore model on category folders")
-    parser.add_argument("--scales", default="1,2,4", help="nearest-patch's poolings (default 1,2,4)")
+    parser.add_argument("--scales", default="1,2", help="nearest-patch's poolings (default 1,2)")
     parser.add_argument("--out", default=None, metavar="FILE", help="write the figures here as JSON")
     return run(parser, _main, argv)
 

@@ -4,7 +4,7 @@ The second of the two signals a folder's detector uses (the first is the restore
 segmentation, "looks damaged"): "unlike any normal", PatchCore's idea (Roth et al., CVPR 2022)
 with no downloaded features. Its memory is the normal training images' own ``patch x patch``
 neighbourhoods, at the image's resolution and at coarser ones (``scales``: the image
-average-pooled by 2, 4, ...), so that a change of fine structure (a smear, a speck) and of the
+average-pooled by 2, ...; the default (1, 2) chosen on the development photograph folders), so that a change of fine structure (a smear, a speck) and of the
 layout of larger parts (a warp, a fold, a displaced piece) each find no close normal at some scale.
 
 1. At each scale, every pixel's ``patch x patch`` neighbourhood (all colour channels, the image's
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from anomalymap_helpers.errors import ParameterError
 
 PATCH = 7  # the neighbourhood's side in pixels, at each scale
-SCALES = (1, 2, 4)  # the image itself, and average-pooled by 2 and 4
+SCALES = (1, 2)  # the image itself, and average-pooled by 2: chosen by the rule of docs/photographs.md
 BANK = 16384  # training neighbourhoods the memory keeps at each scale
 CALIBRATION = 4096  # training neighbourhoods left out of the memory that set each scale's unit
 
