@@ -217,12 +217,7 @@ def predict(
 
     It keeps every image and map; :func:`predict_batches` gives them a batch at a time instead.
     """
-    parts = []
-    for part in predict_batches(run, images, batch_size=batch_size):
-        parts.append(part)
-        if on_batch is not None:
-            on_batch(sum(map(len, parts)) + len(part.skipped))
-    return joined(parts)
+    return gathered(predict_batches(run, images, batch_size=batch_size), on_batch)
 
 
 def predict_batches(
@@ -305,12 +300,19 @@ def judge(
         own_map: The score's own map where it is not read off the :class:`Scored` (``Run.score_maps``).
         on_batch: Called with the number of images done after each batch.
     """
-    parts = []
-    for part in judged(model, scorer, method, threshold, batches, val_scores=val_scores, blur=blur, own_map=own_map):
-        parts.append(part)
+    return gathered(judged(model, scorer, method, threshold, batches, val_scores=val_scores, blur=blur,
+                           own_map=own_map), on_batch)
+
+
+def gathered(parts: Iterable[Predictions], on_batch: Callable[[int], None] | None = None) -> Predictions:
+    """:func:`joined` of the batches ``parts`` as they come, calling ``on_batch`` with the images done
+    (scored and skipped) after each."""
+    kept = []
+    for part in parts:
+        kept.append(part)
         if on_batch is not None:
-            on_batch(sum(map(len, parts)) + len(batches.skipped))
-    return joined(parts)
+            on_batch(sum(map(len, kept)) + len(part.skipped))
+    return joined(kept)
 
 
 def judged(
