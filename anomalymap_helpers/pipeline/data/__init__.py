@@ -3,6 +3,8 @@
 - ``idx``: MNIST and Fashion-MNIST (their files, checksums and reading);
 - ``folder``: a user's own images in the MVTec AD layout, with defect masks;
 - ``example``: a small MVTec-layout folder made from MNIST, to try the folder path;
+- ``textures`` and ``photos``: harder example folders, procedural textures and real photographs
+  (GIMP's patterns) with structural defects the training never draws;
 - ``splits``: normal and anomaly classes, the seeded splits and their manifest.
 
 The names a notebook needs are importable from here: ``data.load_dataset``,

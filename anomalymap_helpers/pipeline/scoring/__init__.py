@@ -35,8 +35,10 @@ comes from the normal training and validation images, never the test labels.
 The package holds one idea a file: ``inference`` (the inference loop and :func:`score`), ``maps``
 (the per-pixel map and its blur), ``pixel`` (the scores read off the reconstruction), ``knn``
 (the nearest-normal search and ``latent-knn``), ``latent_maps`` (``latent-knn``'s map),
-``patch_knn`` (the default score and its map), ``scorer`` (the registry of methods and the
-:class:`Scorer`) and ``scores_csv`` (the score file). A new score is a new file and one entry in
+``patch_knn`` (the default score and its map), ``patch_memory`` (``nearest-patch``: each pixel's
+neighbourhood against a memory of normal ones, measured by ``benchmarks/nearest_patch.py`` and
+``benchmarks/two_signals.py``, not yet an entry of the registry), ``scorer`` (the registry of methods
+and the :class:`Scorer`) and ``scores_csv`` (the score file). A new score is a new file and one entry in
 :data:`~anomalymap_helpers.pipeline.scoring.scorer.REGISTRY`.
 """
 
