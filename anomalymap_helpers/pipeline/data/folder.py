@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,16 +223,20 @@ def open_image(path: Path):  # noqa: ANN202 - a PIL image
     return image
 
 
-def own_size(image_dir: str | os.PathLike[str], largest: int) -> int | None:
+def own_size(image_dir: str | os.PathLike[str] | Layout, largest: int) -> int | None:
     """The side every image of the category folder has, where they all are square of one side of at most
     ``largest``; else None. Read from the files' headers: nothing is decoded.
+
+    Args:
+        image_dir: The category folder, or its :class:`Layout` where already scanned.
+        largest: The largest side kept.
 
     Raises:
         DataError: a layout error (see :func:`scan`), or a file that is not an image.
     """
     from PIL import Image
 
-    layout = scan(image_dir)
+    layout = image_dir if isinstance(image_dir, Layout) else scan(image_dir)
     sizes = set()
     for path in [*layout.train, *(p for p, _ in layout.test)]:
         with _reading(path), Image.open(path) as image:
@@ -275,12 +279,14 @@ def to_pixels(image, size: int, channels: int, digest) -> np.ndarray:  # noqa: A
     return a[None] if channels == 1 else a.transpose(2, 0, 1)
 
 
-def load_folder(image_dir: str | os.PathLike[str], image_size: int) -> ImageData:
+def load_folder(image_dir: str | os.PathLike[str], image_size: int | Callable[[Layout], int]) -> ImageData:
     """Read, check and resize every image (and mask) of a category folder.
 
     Args:
         image_dir: The category folder (MVTec AD layout, see the module docstring).
-        image_size: The side of the square the images are resized to.
+        image_size: The side of the square the images are resized to, or a function of the folder's
+            :class:`Layout` that gives it (:func:`~anomalymap_helpers.pipeline.data.sources.folder_size`'s
+            rule reads the headers of the files scanned here, so the folder is scanned once).
 
     Returns:
         The data set: class 0 is ``good``, class ``k`` the ``k``-th defect type by name;
@@ -293,6 +299,7 @@ def load_folder(image_dir: str | os.PathLike[str], image_size: int) -> ImageData
     from PIL import Image
 
     layout = scan(image_dir)
+    image_size = image_size(layout) if callable(image_size) else image_size
     test_paths = [p for p, _ in layout.test]
     channels = _channels([*layout.train, *test_paths])
     digest = hashlib.sha256()

@@ -36,10 +36,10 @@ def image_size_for(dataset: str, image_size: int = 0) -> int:
     return check_image_size(image_size or FOLDER_SIZE)
 
 
-def folder_size(image_dir: str | os.PathLike[str], image_size: int = 0) -> int:
+def folder_size(image_dir: str | os.PathLike[str] | folder.Layout, image_size: int = 0) -> int:
     """The side a category folder's images are used at: ``image_size``; where it is 0, the images' own
     side where they all share one of at most 128 that the model takes (a 64x64 folder stays 64x64: no
-    pixels made up), else 128.
+    pixels made up), else 128. ``image_dir`` may be the folder's :class:`~.folder.Layout`, already scanned.
 
     Raises:
         ParameterError: a size the model cannot take.
@@ -94,8 +94,8 @@ def load_dataset(
         ParameterError: an unknown data set, a folder data set without ``image_dir``, or a bad size.
         DataError: the files are missing, corrupt, or not in the expected layout.
     """
-    size = check_dataset(dataset, image_dir, image_size)
+    check_dataset(dataset, image_dir, image_size)  # bad values refused before any file is read
     if dataset == "folder":
-        return folder.load_folder(image_dir, folder_size(image_dir, image_size))
+        return folder.load_folder(image_dir, lambda layout: folder_size(layout, image_size))  # one scan
     spec = idx.SPECS[dataset]
     return idx.load(spec, data_dir, mnist_dir if spec is idx.MNIST else fashion_dir)
