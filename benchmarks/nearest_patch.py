@@ -23,13 +23,29 @@ import json
 import statistics
 import time
 
+COLUMNS = ("roc_auc", "pixel_roc_auc", "aupro")
+
+
+def figures(scores, maps, labels, masks, class_names) -> dict:  # noqa: ANN001 - arrays
+    """Image ROC-AUC, pixel ROC-AUC and AUPRO of ``scores`` ``(N,)`` and ``maps`` ``(N, 1, H, W)`` over the
+    whole test set (``"all"``) and per defect type, each type's images with the normal ones, as notebook
+    03's ``per_type.csv`` computes them (:func:`~anomalymap_helpers.pipeline.evaluation.metrics.per_class`)."""
+    import numpy as np
+
+    from anomalymap_helpers.pipeline.evaluation.metrics import aupro, per_class, pixel_roc_auc, roc_auc_score
+
+    scores, maps, labels, masks = (np.asarray(a) for a in (scores, maps, labels, masks))
+    out = {"all": {"roc_auc": float(roc_auc_score(labels > 0, scores)), "pixel_roc_auc": pixel_roc_auc(maps, masks),
+                   "aupro": aupro(maps, masks)}}
+    for row in per_class(scores, labels, labels > 0, class_names, float("inf"), maps=maps, masks=masks):
+        if row["kind"] == "anomaly":
+            out[row["name"]] = {c: row[c] for c in COLUMNS}
+    return out
+
 
 def one_folder(image_dir: Path, image_size: int, patch: int, scales: tuple[int, ...], bank: int) -> dict:
     """The baseline's figures on one category folder: overall and per defect type."""
-    import numpy as np
-
     from anomalymap_helpers.pipeline.data.folder import load_folder
-    from anomalymap_helpers.pipeline.evaluation.metrics import aupro, pixel_roc_auc, roc_auc_score
     from anomalymap_helpers.pipeline.scoring.patch_memory import PatchMemory
     from anomalymap_helpers.pipeline.scoring.segment import segment_scores
 
@@ -38,18 +54,8 @@ def one_folder(image_dir: Path, image_size: int, patch: int, scales: tuple[int, 
     memory = PatchMemory(data.train_images.float() / 255, patch=patch, scales=scales, bank=bank)
     maps = memory(data.test_images.float() / 255)
     seconds = time.perf_counter() - t0
-    scores = segment_scores(maps).numpy()
-    labels, masks, m = data.test_labels.numpy(), data.test_masks.numpy(), maps.numpy()
-
-    def figures(keep: np.ndarray) -> dict[str, float]:
-        return {"roc_auc": float(roc_auc_score(labels[keep] > 0, scores[keep])),
-                "pixel_roc_auc": pixel_roc_auc(m[keep], masks[keep]), "aupro": aupro(m[keep], masks[keep])}
-
-    out = {"all": figures(np.ones(len(labels), bool)), "seconds": seconds}
-    for k, name in enumerate(data.class_names):
-        if k:
-            out[name] = figures((labels == 0) | (labels == k))
-    return out
+    out = figures(segment_scores(maps), maps, data.test_labels, data.test_masks, data.class_names)
+    return {**out, "seconds": seconds}
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -64,20 +70,19 @@ def _main(args: argparse.Namespace) -> int:
               flush=True)
     print(f"\nnearest-patch, patch {args.patch}, scales {args.scales}, memory {args.bank} a scale, "
           f"{args.image_size}x{args.image_size}; CPU {cpu_info()}\n")
-    cols = ("roc_auc", "pixel_roc_auc", "aupro")
     print("| folder | image ROC-AUC | pixel ROC-AUC | AUPRO | seconds |\n|---|---:|---:|---:|---:|")
     for name, r in results.items():
-        cells = [f"{r['all'][c]:.3f}" for c in cols]
+        cells = [f"{r['all'][c]:.3f}" for c in COLUMNS]
         print(f"| {name} | {' | '.join(cells)} | {r['seconds']:.1f} |")
-    cells = [f"{statistics.mean(r['all'][c] for r in results.values()):.3f}" for c in cols]
+    cells = [f"{statistics.mean(r['all'][c] for r in results.values()):.3f}" for c in COLUMNS]
     print(f"| mean | {' | '.join(cells)} | |")
     types = sorted({t for r in results.values() for t in r if t not in ("all", "seconds")})
     print(f"\nper defect type: image ROC-AUC / pixel ROC-AUC / AUPRO\n\n| folder | {' | '.join(types)} |\n"
           f"|---|{'---:|' * len(types)}")
     for name, r in results.items():
-        cells = [" / ".join(f"{r[t][c]:.2f}" for c in cols) if t in r else "-" for t in types]
+        cells = [" / ".join(f"{r[t][c]:.2f}" for c in COLUMNS) if t in r else "-" for t in types]
         print(f"| {name} | {' | '.join(cells)} |")
-    means = [" / ".join(f"{statistics.mean(r[t][c] for r in results.values() if t in r):.2f}" for c in cols)
+    means = [" / ".join(f"{statistics.mean(r[t][c] for r in results.values() if t in r):.2f}" for c in COLUMNS)
              for t in types]
     print(f"| mean | {' | '.join(means)} |")
     if args.out:

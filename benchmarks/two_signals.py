@@ -28,8 +28,9 @@ import json
 import statistics
 import time
 
+from benchmarks.nearest_patch import COLUMNS, figures  # noqa: E402 - after the path is set
+
 SIGNALS = ("segment", "nearest-patch", "both")
-COLUMNS = ("roc_auc", "pixel_roc_auc", "aupro")
 
 
 def calibrated(maps, val_maps):  # noqa: ANN001, ANN201 - tensors
@@ -44,10 +45,7 @@ def calibrated(maps, val_maps):  # noqa: ANN001, ANN201 - tensors
 
 def one_run(run_dir: Path, scales: tuple[int, ...]) -> dict:
     """Each signal's figures on one run folder, overall and per defect type."""
-    import numpy as np
-
     from anomalymap_helpers.pipeline import scoring
-    from anomalymap_helpers.pipeline.evaluation.metrics import aupro, pixel_roc_auc, roc_auc_score
     from anomalymap_helpers.pipeline.scoring.patch_memory import PatchMemory
     from anomalymap_helpers.pipeline.scoring.segment import segment_scores
     from anomalymap_helpers.runs.opened import Run
@@ -65,19 +63,9 @@ def one_run(run_dir: Path, scales: tuple[int, ...]) -> dict:
         "segment": seg_test, "nearest-patch": patch_test,
         "both": (calibrated(seg_test, seg_val) + calibrated(patch_test, patch_val)) / 2,
     }
-    labels, masks = test.labels.numpy(), test.masks.numpy()
     out: dict = {"seconds": {"segment": t1 - t0, "nearest-patch": t2 - t1}, "folder": run_dir.name}
     for name, m in maps.items():
-        scores, m = segment_scores(m).numpy(), m.numpy()
-
-        def figures(keep: np.ndarray) -> dict[str, float]:
-            return {"roc_auc": float(roc_auc_score(labels[keep] > 0, scores[keep])),  # noqa: B023
-                    "pixel_roc_auc": pixel_roc_auc(m[keep], masks[keep]), "aupro": aupro(m[keep], masks[keep])}  # noqa: B023
-
-        out[name] = {"all": figures(np.ones(len(labels), bool))}
-        for k, kind in enumerate(test.class_names):
-            if k and (labels == k).any():
-                out[name][kind] = figures((labels == 0) | (labels == k))
+        out[name] = figures(segment_scores(m), m, test.labels, test.masks, test.class_names)
     return out
 
 
