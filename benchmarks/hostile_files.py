@@ -26,7 +26,8 @@ import tempfile
 import zlib
 
 
-def _png(size: int = 32, seed: int = 0) -> bytes:
+def png_bytes(size: int = 32, seed: int = 0) -> bytes:
+    """A PNG of ``size`` x ``size`` seeded random RGB pixels."""
     import numpy as np
     from PIL import Image
 
@@ -35,8 +36,8 @@ def _png(size: int = 32, seed: int = 0) -> bytes:
     return out.getvalue()
 
 
-def _bomb(side: int = 20_000) -> bytes:
-    """A PNG of 57 bytes whose header claims ``side`` x ``side`` grey pixels."""
+def bomb_bytes(side: int = 20_000) -> bytes:
+    """A PNG of 57 bytes whose header claims ``side`` x ``side`` grey pixels (and no data)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -47,11 +48,11 @@ def kinds() -> dict[str, object]:
     """Each hostile kind: its file's bytes, or a maker ``(path) -> None`` for what is not a regular file."""
     import numpy as np
 
-    good = _png()
+    good = png_bytes()
     return {
         "a good PNG": good,
         "a name that is not UTF-8 (Latin-1 bytes)": ("odd", good),
-        "a decompression bomb (20,000 x 20,000 claimed, 57 bytes)": _bomb(),
+        "a decompression bomb (20,000 x 20,000 claimed, 57 bytes)": bomb_bytes(),
         "an empty file": b"",
         "random bytes behind .png": np.random.default_rng(2).integers(0, 256, 4000, dtype=np.uint8).tobytes(),
         "text behind .jpg": ("jpg", b"not an image at all\n"),
@@ -91,10 +92,10 @@ def readers(what: object, tmp: Path) -> tuple[str, str, str]:
     from anomalymap_helpers.runs.predictions import find_images, read_image
 
     root = tmp / "folder"
-    _place(root / "train" / "good", _png(seed=5)).rename(root / "train" / "good" / "a.png")
+    _place(root / "train" / "good", png_bytes(seed=5)).rename(root / "train" / "good" / "a.png")
     path = _place(root / "train" / "good", what)
-    _place(root / "test" / "good", _png(seed=6))
-    _place(root / "test" / "scratch", _png(seed=7))
+    _place(root / "test" / "good", png_bytes(seed=6))
+    _place(root / "test" / "scratch", png_bytes(seed=7))
     try:
         data = load_folder(root, 16)
         folder = (f"skipped, listed as not an image: {', '.join(data.skipped)}" if data.skipped

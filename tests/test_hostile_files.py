@@ -7,8 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,33 +17,19 @@ from anomalymap_helpers.errors import DataError
 from anomalymap_helpers.files import storage
 from anomalymap_helpers.pipeline.data import folder
 from anomalymap_helpers.runs.opened import Run
+from benchmarks.hostile_files import bomb_bytes, png_bytes
 
 ODD = os.fsdecode(b"caf\xe9-\xff.png")  # Latin-1 bytes, as an old archive or a network share names files
-
-
-def _png(size: int = 32, seed: int = 0) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    return out.getvalue()
-
-
-def _bomb(side: int = 20_000) -> bytes:
-    """A PNG of 57 bytes whose header claims ``side`` x ``side`` gray pixels (and no data)."""
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
-                                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 def _hostile_folder(root: Path) -> dict[str, str]:
     """A folder of two good images (one with a name that is not UTF-8) and every bad kind; what each bad one is."""
     root.mkdir(parents=True)
-    good = _png()
+    good = png_bytes()
     (root / "good.png").write_bytes(good)
-    (root / ODD).write_bytes(_png(seed=1))
+    (root / ODD).write_bytes(png_bytes(seed=1))
     bad = {
-        "bomb.png": _bomb(),
+        "bomb.png": bomb_bytes(),
         "empty.png": b"",
         "noise.png": np.random.default_rng(2).integers(0, 256, 4000, dtype=np.uint8).tobytes(),
         "text.jpg": b"not an image at all\n",
@@ -85,10 +69,10 @@ def _category(root: Path, odd: bytes = b"") -> Path:
     for sub in ("train/good", "test/good", "test/crack", "ground_truth/crack"):
         (root / sub).mkdir(parents=True)
     for k in range(3):
-        (root / "train/good" / f"{k}.png").write_bytes(_png(seed=k))
-    (root / "test/good/0.png").write_bytes(_png(seed=5))
+        (root / "train/good" / f"{k}.png").write_bytes(png_bytes(seed=k))
+    (root / "test/good/0.png").write_bytes(png_bytes(seed=5))
     stem = os.fsdecode(b"crack-" + odd)
-    (root / "test/crack" / f"{stem}.png").write_bytes(_png(seed=6))
+    (root / "test/crack" / f"{stem}.png").write_bytes(png_bytes(seed=6))
     mask = np.zeros((32, 32), np.uint8)
     mask[8:16, 8:16] = 255
     Image.fromarray(mask).save(root / "ground_truth/crack" / f"{stem}_mask.png")
@@ -97,7 +81,7 @@ def _category(root: Path, odd: bytes = b"") -> Path:
 
 def test_the_folder_data_set_refuses_a_bomb_before_any_work_and_the_limit_can_be_moved(tmp_path: Path, monkeypatch) -> None:
     root = _category(tmp_path / "cat")
-    (root / "train/good/huge.png").write_bytes(_bomb())
+    (root / "train/good/huge.png").write_bytes(bomb_bytes())
     with pytest.raises(DataError, match=r"huge\.png: it is 20,000 x 20,000 pixels, above the limit of 100,000,000"):
         folder.load_folder(root, 32)
     (root / "train/good/huge.png").unlink()
@@ -137,7 +121,7 @@ def _jpeg(seed: int = 0) -> bytes:
     return out.getvalue()
 
 
-VALID = {".png": _png(24), ".jpg": _jpeg(), ".bmp": None, ".tif": None}
+VALID = {".png": png_bytes(24), ".jpg": _jpeg(), ".bmp": None, ".tif": None}
 for _suffix, _format in ((".bmp", "BMP"), (".tif", "TIFF")):
     _buffer = io.BytesIO()
     Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(_buffer, format=_format)
