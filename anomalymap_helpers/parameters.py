@@ -276,7 +276,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     Parameter(
         "score_method", str, "auto", "per-image score; auto: segment for model restore, else patch-knn for MNIST/Fashion, topk for folders",
-        ("03",), "`auto`, `mse`, `topk`, `ssim`, `latent-knn`, `patch-knn`, `ensemble`; `elbo` with model vae; `segment` with model restore", _one_of(_score_methods),
+        ("03",), "`auto`, `mse`, `topk`, `ssim`, `latent-knn`, `patch-knn`, `ensemble`; `elbo` with model vae; `segment` with model restore; on folders `nearest-patch`, and `two-signal` with model restore", _one_of(_score_methods),
     ),
     Parameter(
         "map_blur", float, -1.0, "Gaussian blur (sigma, pixels) of the anomaly maps; -1: 0 for MNIST/Fashion, size/32 for folders",

@@ -65,7 +65,8 @@ def precision_report(run: Any, precision: str = "auto") -> dict[str, Any]:
         reference = scoring.encode(model, splits["train"].images, precision=p)
         val = scoring.score(model, splits["val"].images, blur=blur, precision=p)
         test = scoring.score(model, splits["test"].images, blur=blur, precision=p)
-        scorer = scoring.Scorer(model, splits["train"].images, val, reference=reference, blur=blur, precision=p)
+        scorer = scoring.Scorer(model, splits["train"].images, val, reference=reference, blur=blur, precision=p,
+                                dataset=run.dataset)
         scores[p.name] = scorer.all_scores(test)[method].numpy()
         seconds[p.name] = time.perf_counter() - t0
         out[f"roc_auc_{p.name}"] = metrics.roc_auc_score(is_anomaly, scores[p.name])

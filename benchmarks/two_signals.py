@@ -4,8 +4,8 @@ For each run folder (a restore model, e.g. made by ``benchmarks/small_folders.py
 splits: ``segment`` (the restore model's segmentation: "looks damaged"), ``nearest-patch`` (each
 pixel's neighbourhood against the nearest normal training neighbourhood: "unlike any normal",
 :mod:`anomalymap_helpers.pipeline.scoring.patch_memory`, fitted on the run's training split), and
-``both``: each map calibrated on the run's validation normals, ``(map - q50) / (q99 - q50)`` of their
-pixels, the two averaged. Every image score is its map's largest window mean (as ``segment``'s).
+``both`` (the ``two-signal`` score, :mod:`anomalymap_helpers.pipeline.scoring.two_signal`): each map
+calibrated on the run's validation normals, ``(map - q50) / (q99 - q50)`` of their pixels, the two averaged. Every image score is its map's largest window mean (as ``segment``'s).
 Nothing here looks at a test label but to measure: the calibration is the validation normals',
 and the combination is fixed in advance (docs/photographs.md, "The rule").
 
@@ -33,21 +33,12 @@ from benchmarks.nearest_patch import COLUMNS, figures  # noqa: E402 - after the 
 SIGNALS = ("segment", "nearest-patch", "both")
 
 
-def calibrated(maps, val_maps):  # noqa: ANN001, ANN201 - tensors
-    """``maps`` in units of the validation normals' pixels: ``(map - q50) / (q99 - q50)``."""
-    import torch
-
-    v = val_maps.flatten().double()
-    sample = v[torch.randperm(len(v), generator=torch.Generator().manual_seed(0))[:1_000_000]]  # quantile's limit
-    q50, q99 = (float(torch.quantile(sample, q)) for q in (0.5, 0.99))
-    return (maps - q50) / max(q99 - q50, 1e-12)
-
-
 def one_run(run_dir: Path, scales: tuple[int, ...]) -> dict:
     """Each signal's figures on one run folder, overall and per defect type."""
     from anomalymap_helpers.pipeline import scoring
     from anomalymap_helpers.pipeline.scoring.patch_memory import PatchMemory
     from anomalymap_helpers.pipeline.scoring.segment import segment_scores
+    from anomalymap_helpers.pipeline.scoring.two_signal import calibration, two_signal_maps
     from anomalymap_helpers.runs.opened import Run
 
     run = Run.open(run_dir)
@@ -59,10 +50,8 @@ def one_run(run_dir: Path, scales: tuple[int, ...]) -> dict:
     memory = PatchMemory(train.images, scales=scales)
     patch_val, patch_test = memory(val.images), memory(test.images)
     t2 = time.perf_counter()
-    maps = {
-        "segment": seg_test, "nearest-patch": patch_test,
-        "both": (calibrated(seg_test, seg_val) + calibrated(patch_test, patch_val)) / 2,
-    }
+    cal = {"segment": calibration(seg_val), "nearest-patch": calibration(patch_val)}
+    maps = {"segment": seg_test, "nearest-patch": patch_test, "both": two_signal_maps(seg_test, patch_test, cal)}
     out: dict = {"seconds": {"segment": t1 - t0, "nearest-patch": t2 - t1}, "folder": run_dir.name}
     for name, m in maps.items():
         out[name] = figures(segment_scores(m), m, test.labels, test.masks, test.class_names)

@@ -91,4 +91,4 @@ def test_evaluation_opens_briefly_and_its_table_names_every_score_once() -> None
     assert sorted(rows) == sorted(REGISTRY), rows
     words = {6: "six", 7: "seven", 8: "eight"}
     assert f"{words[len(METHODS)]} for every model" in table
-    assert VAE_METHODS == ("elbo",) and RESTORE_METHODS == ("segment",)
+    assert VAE_METHODS == ("elbo",) and RESTORE_METHODS == ("segment", "two-signal")

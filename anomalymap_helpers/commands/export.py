@@ -14,7 +14,9 @@ the run's size: ``uint8`` 0-255 (the default: what a PNG decodes to) or ``float`
   inside the graph, so the one file is all a user needs;
 - ``score_map``: ``N x 1 x H x W``, for ``patch-knn`` its own map (upsampled from the
   encoder's grid, whose largest cell is the score); for ``segment`` (the restore model) its
-  segmentation, the probability of damage per pixel; for the other methods the same as ``map``.
+  segmentation, the probability of damage per pixel; for ``nearest-patch`` and ``two-signal``
+  their maps, whose memory of normal neighbourhoods (and, for ``two-signal``, the validation
+  normals' calibration) is a constant inside the graph; for the other methods the same as ``map``.
 
 Its metadata (``session.get_modelmeta().custom_metadata_map`` in onnxruntime) holds
 the threshold of notebook 03, the score method, the image size and channels, the input
@@ -38,6 +40,8 @@ from anomalymap_helpers.errors import MissingInputError, ParameterError
 from anomalymap_helpers.files import storage
 from anomalymap_helpers.pipeline import scoring
 from anomalymap_helpers.pipeline.models import ConvAutoencoder, Model, ReferenceAutoencoder, SegmentationHead
+from anomalymap_helpers.pipeline.scoring.patch_memory import PatchMemory, patch_maps
+from anomalymap_helpers.pipeline.scoring.two_signal import two_signal_maps
 
 INPUTS = ("uint8", "float")
 OPSET = 18
@@ -67,12 +71,25 @@ class _Patches(nn.Module):
 
 
 class _Seen:
-    """What a registry entry's ``compute`` sees of the detector, as it sees a Scorer: ``k``, ``topk`` and
-    ``patch.scores(images, neighbours=...)`` (which keeps the grid it scored, for ``score_map``)."""
+    """What a registry entry's ``compute`` sees of the detector, as it sees a Scorer: ``k``, ``topk``,
+    ``patch.scores(images, neighbours=...)`` (which keeps the grid it scored, for ``score_map``),
+    ``nearest_maps`` and ``two_signal_maps`` (nearest-patch's memory searched once)."""
 
     def __init__(self, detector: Detector, h: torch.Tensor) -> None:
         self.k, self.topk, self.patch, self._patches, self._h = detector.k, detector.topk, self, detector.patch, h
         self.grid: torch.Tensor | None = None
+        self._detector, self._nearest = detector, None
+        self.calibration = detector.calibration
+
+    def nearest_maps(self, scored: scoring.Scored) -> torch.Tensor:
+        if self._nearest is None:
+            d = self._detector
+            memories = [getattr(d, f"memory{j}") for j in range(len(d.memory_scales))]
+            self._nearest = patch_maps(scored.images, memories, d.memory_units, d.memory_scales, d.memory_patch)
+        return self._nearest
+
+    def two_signal_maps(self, scored: scoring.Scored) -> torch.Tensor:
+        return two_signal_maps(scored.segmentation, self.nearest_maps(scored), self.calibration)
 
     def scores(self, images: torch.Tensor, latents: torch.Tensor | None = None,
                neighbours: torch.Tensor | None = None) -> torch.Tensor:
@@ -99,6 +116,8 @@ class Detector(nn.Module):
             compares feature maps of the nearest of them; kept as 0-255 bytes).
         k: Neighbours of ``latent-knn``; topk: pixels of ``topk``.
         uint8: Whether the input is 0-255 (else float 0-1).
+        memory: ``nearest-patch``'s fitted memory (``Scorer.memory``), for the scores made of it.
+        calibration: ``two-signal``'s calibration on the validation normals (``Scorer.calibration``).
     """
 
     def __init__(
@@ -113,6 +132,8 @@ class Detector(nn.Module):
         k: int = 2,
         topk: int = 10,
         uint8: bool = True,
+        memory: PatchMemory | None = None,
+        calibration: dict[str, tuple[float, float]] | None = None,
     ) -> None:
         super().__init__()
         entry = scoring.REGISTRY[method]
@@ -128,6 +149,14 @@ class Detector(nn.Module):
             raise ValueError(f"score method {method!r} needs the reference latents")
         if any(m.needs_train_images for m in parts) and train_images is None:
             raise ValueError(f"score method {method!r} needs the training images")
+        if method in scoring.NEEDS_MEMORY and (memory is None or (method == "two-signal" and not calibration)):
+            raise ValueError(f"score method {method!r} needs nearest-patch's memory (and two-signal its calibration)")
+        self.calibration = dict(calibration or {})
+        self.memory_scales = memory.scales if memory is not None else ()
+        self.memory_units = list(memory.units) if memory is not None else []
+        self.memory_patch = memory.patch if memory is not None else 0
+        for j, m in enumerate(memory.memories if memory is not None else []):
+            self.register_buffer(f"memory{j}", m.clone())
         self.parts = [m.name for m in parts]
         unit = F.normalize(reference.float(), dim=1) if reference is not None else torch.zeros(0)
         self.register_buffer("reference", unit)
@@ -159,7 +188,7 @@ class Detector(nn.Module):
         entry = scoring.REGISTRY[self.method]
         score = scoring.ensemble_scores(base, self.stats) if entry.compute is None else base[self.method]
         if entry.map_in_scored:
-            own = entry.pixel_map(scored)
+            own = entry.pixel_map(seen, scored)
         elif seen.grid is not None:  # a score read off the patch grid: that grid, upsampled
             own = F.interpolate(seen.grid, size=x.shape[-2:], mode="bilinear", align_corners=False)
         else:
@@ -193,15 +222,17 @@ def detector_for(run: Any, *, uint8: bool = True) -> tuple[Detector, dict[str, s
         )
     model = run.model.cpu()
     blur = float(evaluation.get("map_blur", 0.0))
-    reference = stats = train_images = None
+    reference = stats = train_images = scorer = None
     if entry.needs_reference:
         reference = run.reference_latents().cpu()
-    if entry.compute is None:  # a combination of other scores: their standardisation on the validation normals
-        scorer = scoring.Scorer(model, run.splits["train"].images, run.splits["val"].images, reference=reference, blur=blur)
-        stats = scorer.stats
+    if entry.compute is None or method in scoring.NEEDS_MEMORY:  # fitted on the normals: the Scorer's
+        scorer = scoring.Scorer(model, run.splits["train"].images, run.splits["val"].images, reference=reference,
+                                blur=blur, dataset=run.dataset)
+        stats = scorer.stats if entry.compute is None else None
     if entry.needs_train_images:
         train_images = run.splits["train"].images
-    detector = Detector(model, method, blur, reference, stats, train_images, uint8=uint8).eval()
+    detector = Detector(model, method, blur, reference, stats, train_images, uint8=uint8,
+                        memory=scorer.memory if scorer else None, calibration=scorer.calibration if scorer else None).eval()
     test = run.splits["test"]
     _, channels, size, _ = test.images.shape
     meta = {
@@ -223,6 +254,9 @@ def detector_for(run: Any, *, uint8: bool = True) -> tuple[Detector, dict[str, s
                           + ", inside the graph") if reference is not None else "none",
         "versions": json.dumps(_versions()),
     }
+    if scorer is not None and scorer.memory is not None and method in scoring.NEEDS_MEMORY:
+        meta["reference_set"] = (f"{sum(len(m) for m in scorer.memory.memories)} normal training neighbourhoods "
+                                 f"(nearest-patch's memory, scales {scorer.memory.scales}), inside the graph")
     return detector, meta
 
 
@@ -334,12 +368,13 @@ def check_export(path: str | os.PathLike[str], run: Any, batch_size: int = 512) 
     fp32 = Precision("fp32", "cpu")
     val = scoring.score(model, run.splits["val"].images, blur=blur, precision=fp32)
     scorer = scoring.Scorer(
-        model, run.splits["train"].images, val, reference=run.reference_latents().cpu(), blur=blur, precision=fp32
+        model, run.splits["train"].images, val, reference=run.reference_latents().cpu(), blur=blur, precision=fp32,
+        dataset=run.dataset,
     )
 
     def torch_path() -> tuple[torch.Tensor, ...]:
         test = scoring.score(model, images, blur=blur, precision=fp32)
-        return test.maps, scorer.all_scores(test)[method], scoring.pixel_maps(test, method)
+        return test.maps, scorer.all_scores(test)[method], scoring.pixel_maps(test, method, scorer)
 
     rates = {}
     for name, fn in (("onnxruntime", onnx_path), ("pytorch", torch_path)):

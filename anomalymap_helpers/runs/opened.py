@@ -22,6 +22,8 @@ from anomalymap_helpers.pipeline.training import checkpoint
 from anomalymap_helpers.pipeline.training.device import resolve_device
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from anomalymap_helpers.pipeline import scoring
     from anomalymap_helpers.pipeline.explorer import Explorer, LatentExplorer
     from anomalymap_helpers.pipeline.models import ConvAutoencoder
@@ -107,7 +109,7 @@ class Run:
         if blur not in self._scorers:
             val = scoring.score(self.model, self.splits["val"].images, blur=blur)
             self._scorers[blur] = scoring.Scorer(self.model, self.splits["train"].images, val,
-                                                 reference=self.reference_latents())
+                                                 reference=self.reference_latents(), dataset=self.dataset)
         return self._scorers[blur]
 
     def predict(self, images: Any, **options: Any) -> Any:
@@ -209,19 +211,25 @@ class Run:
         p = self.predict(path)
         return p, p.best_match(0, self.splits["train"].images) if len(p) else None
 
-    def score_maps(self, method: str) -> scoring.PatchKnn | scoring.LatentKnnMaps | None:
+    def score_maps(self, method: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The map of ``method`` itself where it is not read off the reconstruction error, else None.
 
         ``patch-knn``'s (:class:`~anomalymap_helpers.pipeline.scoring.PatchKnn`: the image score is
         its largest cell) and ``latent-knn``'s (:class:`~anomalymap_helpers.pipeline.scoring.LatentKnnMaps`),
-        both over the cached reference set. Call it on images ``(B, C, H, W)`` for ``(B, 1, H, W)`` maps.
+        both over the cached reference set; the restore model's segmentation; ``nearest-patch``'s and
+        ``two-signal``'s, made by the run's :meth:`scorer` (with 03's blur). Call it on images
+        ``(B, C, H, W)`` for ``(B, 1, H, W)`` maps.
         """
         from anomalymap_helpers.pipeline import scoring
 
-        own_map = scoring.REGISTRY[method].own_map if method in scoring.REGISTRY else None
-        if own_map is None:
+        entry = scoring.REGISTRY.get(method)
+        if entry is not None and entry.own_map is None and method in scoring.NEEDS_MEMORY:
+            scorer = self.scorer()
+            blur = float(self.evaluation.get("map_blur", 0.0))
+            return lambda x: scoring.pixel_maps(scoring.score(self.model, x, blur=blur), method, scorer)
+        if entry is None or entry.own_map is None:
             return None
-        return own_map(self.model, self.splits["train"].images, self.reference_latents())
+        return entry.own_map(self.model, self.splits["train"].images, self.reference_latents())
 
     def check_beside(self, other_dir: str | os.PathLike[str]) -> RunFiles:
         """Refuse another run folder made on a different split (or not scored by 03); return its files."""

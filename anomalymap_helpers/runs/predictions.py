@@ -345,7 +345,7 @@ def judged(
         if isinstance(own_map, scoring.PatchKnn):  # its maps, and the normal each image is compared with
             maps, match = own_map.explain(x)
         else:
-            maps = entry.pixel_map(scored) if own_map is None else own_map(x)
+            maps = entry.pixel_map(scorer, scored) if own_map is None else own_map(x)
         yield Predictions(
             list(names), scores, scores > threshold, maps.float(),
             (val_scores[None, :] < scores[:, None]).float().mean(1) * 100, list(notes), threshold, method,

@@ -24,8 +24,13 @@ a defect is a region, not a single pixel). Per-image scores (higher = more anoma
   reconstruction of the mean code (one deterministic pass, no sampling) and the
   KL weight 1 whatever ``beta`` trained with: the bound on ``-log p(x)`` (up to a
   constant) that the VAE's likelihood view scores by;
-- ``segment`` (``model="restore"`` only, and its default): the restore model's own segmentation
-  of damage, a probability per pixel (the map), scored by its largest small-window mean.
+- ``segment`` (``model="restore"`` only): the restore model's own segmentation of damage, a
+  probability per pixel (the map), scored by its largest small-window mean;
+- ``nearest-patch`` (folders only): each pixel's neighbourhood against the nearest of a memory of
+  the normal training images' neighbourhoods, at two scales (the map), scored by its largest
+  small-window mean: "unlike any normal", PatchCore's idea with no downloaded features;
+- ``two-signal`` (folders and ``model="restore"`` only): ``segment``'s and ``nearest-patch``'s maps,
+  each calibrated on the validation normals' pixels, averaged: "looks damaged" and "unlike any normal".
 
 Everything a score is fitted on (the kNN reference set, the standardisation)
 comes from the normal training and validation images, never the test labels.
@@ -36,8 +41,8 @@ The package holds one idea a file: ``inference`` (the inference loop and :func:`
 (the per-pixel map and its blur), ``pixel`` (the scores read off the reconstruction), ``knn``
 (the nearest-normal search and ``latent-knn``), ``latent_maps`` (``latent-knn``'s map),
 ``patch_knn`` (the default score and its map), ``patch_memory`` (``nearest-patch``: each pixel's
-neighbourhood against a memory of normal ones, measured by ``benchmarks/nearest_patch.py`` and
-``benchmarks/two_signals.py``, not yet an entry of the registry), ``scorer`` (the registry of methods
+neighbourhood against a memory of normal ones), ``two_signal`` (its calibrated mean with the restore
+model's segmentation), ``segment`` (the restore model's score), ``scorer`` (the registry of methods
 and the :class:`Scorer`) and ``scores_csv`` (the score file). A new score is a new file and one entry in
 :data:`~anomalymap_helpers.pipeline.scoring.scorer.REGISTRY`.
 """
@@ -56,11 +61,13 @@ from anomalymap_helpers.pipeline.scoring.patch_knn import (
     smooth_cells,
     unit_cells,
 )
+from anomalymap_helpers.pipeline.scoring.patch_memory import PatchMemory
 from anomalymap_helpers.pipeline.scoring.pixel import elbo_scores, mse_scores, ssim_scores, topk_scores
 from anomalymap_helpers.pipeline.scoring.scorer import (
     DEFAULT_METHOD,
     ENSEMBLE,
     METHODS,
+    NEEDS_MEMORY,
     REGISTRY,
     RESTORE_METHODS,
     VAE_METHODS,
@@ -76,8 +83,8 @@ from anomalymap_helpers.pipeline.scoring.segment import SegmentMaps, segment_sco
 from anomalymap_helpers.pipeline.training.device import inference_precision
 
 __all__ = [
-    "DEFAULT_METHOD", "ENSEMBLE", "METHODS", "PATCH_NEIGHBOURS", "PATCH_SMOOTH", "REGISTRY", "RESTORE_METHODS",
-    "VAE_METHODS", "LatentKnnMaps", "Method", "PatchKnn", "SegmentMaps", "Scored", "Scorer", "anomaly_maps", "blur_sigma", "check_method",
+    "DEFAULT_METHOD", "ENSEMBLE", "METHODS", "NEEDS_MEMORY", "PATCH_NEIGHBOURS", "PATCH_SMOOTH", "REGISTRY", "RESTORE_METHODS",
+    "VAE_METHODS", "LatentKnnMaps", "Method", "PatchKnn", "PatchMemory", "SegmentMaps", "Scored", "Scorer", "anomaly_maps", "blur_sigma", "check_method",
     "default_method", "elbo_scores", "ensemble_scores", "encode", "gaussian_blur", "infer", "inference_precision", "knn_distances",
     "lowest_peak", "mse_scores", "nearest", "pixel_maps", "read_scores", "reconstruct", "score", "smooth_cells", "ssim_scores",
     "segment_scores", "topk_scores", "unit_cells", "write_scores",

@@ -66,19 +66,41 @@ def drawn_neighbourhoods(images: torch.Tensor, scale: int, patch: int, count: in
     return vectors[torch.randperm(len(vectors), generator=gen)[:count]]
 
 
-def nearest_distance(queries: torch.Tensor, memory: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+def nearest_distance(queries: torch.Tensor, memory: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """``(Q,)`` the Euclidean distance from each of ``queries`` ``(Q, D)`` to its nearest row of ``memory`` ``(M, D)``.
+
+    The memory is searched ``chunk`` rows at a time (a fixed number of steps, so the ONNX detector runs
+    the same loop for any number of queries), which holds ``Q x chunk`` distances at once.
 
     Precision: float32 ``|q|^2 - 2 q.m + |m|^2``, clamped at 0; a distance errs by about
     ``1e-7 * |q|^2 / d`` (about 1e-3 of a typical distance here), far below a scale's unit.
     """
-    m2 = (memory * memory).sum(1)
+    best = None
+    for i in range(0, len(memory), chunk):  # |m|^2 - 2 q.m in one pass (addmm), |q|^2 added to the least
+        m = memory[i : i + chunk]
+        d2 = torch.addmm((m * m).sum(1), queries, m.T, alpha=-2).amin(1)
+        best = d2 if best is None else torch.minimum(best, d2)
+    if best is None:
+        return torch.zeros(len(queries))
+    return (best + (queries * queries).sum(1)).clamp_min(0).sqrt()
+
+
+def patch_maps(
+    images: torch.Tensor, memories: list[torch.Tensor], units: list[float], scales: tuple[int, ...], patch: int = PATCH
+) -> torch.Tensor:
+    """``(N, 1, H, W)``: the mean over ``scales`` of each pixel's distance to the nearest of that scale's
+    ``memories`` in its ``units`` (steps 2-3 of the module docstring), for images ``(N, C, H, W)``.
+
+    The one computation of the maps: :class:`PatchMemory` calls it a few images at a time, and the ONNX
+    detector (``commands/export.py``) inside its graph, with the memories as constants."""
+    size = images.shape[-2:]
     out = []
-    for i in range(0, len(queries), chunk):
-        q = queries[i : i + chunk]
-        d2 = (q * q).sum(1, keepdim=True) - 2 * q @ memory.T + m2
-        out.append(d2.amin(1).clamp_min(0).sqrt())
-    return torch.cat(out) if out else torch.empty(0)
+    for memory, unit, s in zip(memories, units, scales, strict=True):
+        h, w = size[0] // s, size[1] // s
+        q = neighbourhoods(images, s, patch)  # (b, h * w, D)
+        d = nearest_distance(q.flatten(0, 1), memory).reshape(-1, 1, h, w) / unit
+        out.append(d if s == 1 else F.interpolate(d, size=(size[0], size[1]), mode="bilinear", align_corners=False))
+    return torch.stack(out).mean(0)
 
 
 class PatchMemory:
@@ -123,20 +145,13 @@ class PatchMemory:
             self.memories.append(memory)
             self.units.append(unit if unit > 0 else 1.0)  # too few to leave some out, or all alike: distances as they are
 
-    def __call__(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """The maps ``(N, 1, H, W)`` of ``images`` ``(N, C, H, W)`` (steps 2-3)."""
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor, queries: int = 8192) -> torch.Tensor:
+        """The maps ``(N, 1, H, W)`` of ``images`` ``(N, C, H, W)`` (steps 2-3), a few images at a time
+        (about ``queries`` pixels, so a step holds ``queries x 4096`` distances)."""
         if images.dim() != 4 or tuple(images.shape[-2:]) != self.size:
             raise ParameterError(f"nearest-patch's memory is of {self.size} images, not of shape {tuple(images.shape)}")
-        out = []
-        for i in range(0, len(images), batch_size):
-            batch = images[i : i + batch_size]
-            out.append(torch.stack([self._scale_map(batch, j) for j in range(len(self.scales))]).mean(0))
+        step = max(1, queries // (self.size[0] * self.size[1]))
+        out = [patch_maps(images[i : i + step].float(), self.memories, self.units, self.scales, self.patch)
+               for i in range(0, len(images), step)]
         return torch.cat(out) if out else torch.empty(0, 1, *self.size)
-
-    @torch.inference_mode()
-    def _scale_map(self, images: torch.Tensor, j: int) -> torch.Tensor:
-        s = self.scales[j]
-        h, w = self.size[0] // s, self.size[1] // s
-        q = neighbourhoods(images, s, self.patch)  # (b, h * w, D)
-        d = nearest_distance(q.flatten(0, 1), self.memories[j]).view(len(images), 1, h, w) / self.units[j]
-        return d if s == 1 else F.interpolate(d, size=self.size, mode="bilinear", align_corners=False)
