@@ -20,7 +20,7 @@ from anomalymap_helpers.pipeline.training.device import Precision
 from anomalymap_helpers.runs.opened import Run
 from anomalymap_helpers.runs.predictions import write_pngs
 
-from .conftest import TOLERANCE
+from .conftest import TOLERANCE, assert_close
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -177,8 +177,11 @@ def test_predict_a_batch_at_a_time_holds_one_batch_and_gives_what_predict_gives(
     sizes[-1] -= 1
     assert [len(p) for p in parts] == [k for k in sizes if k] and all(len(p.images) == len(p.maps) == len(p) for p in parts)
     assert [n for p in parts for n in p.names] == whole.names == [str(p) for p in paths]
-    assert torch.equal(torch.cat([p.scores for p in parts]), whole.scores)  # the same batches' computation
-    assert torch.equal(torch.cat([p.maps for p in parts]), whole.maps)
+    # The same computation in batches of 5 and of 64: a CPU's kernels may block a batch's sums by its size
+    # (AVX2's fp32 convolutions do), so they agree to the inference precision's rounding, not bit for bit.
+    precision = scoring.inference_precision(run.device).name
+    assert_close(torch.cat([p.scores for p in parts]), whole.scores, precision, scale=float(whole.scores.abs().max()))
+    assert_close(torch.cat([p.maps for p in parts]), whole.maps, precision, scale=float(whole.maps.abs().max()))
     assert parts[-1].skipped == whole.skipped and "broken.png" in whole.skipped[0][0]
     with pytest.raises(ParameterError):  # the inputs are checked at the call, before any batch is read
         predict_batches(run, tmp_path / "nothing-here")
