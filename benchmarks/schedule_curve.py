@@ -53,8 +53,11 @@ def run_curve(
     mnist_dir: str | None = None,
     figure: str | None = None,
     max_train: int | None = None,
+    max_test: int | None = None,
 ) -> dict[str, Any]:
-    """Train each schedule for each seed, measuring as it goes; print, write and plot the curves."""
+    """Train each schedule for each seed, measuring as it goes; print, write and plot the curves
+    (``max_train``, ``max_test``: the split's caps, as :class:`~anomalymap_helpers.pipeline.data.SplitConfig`'s;
+    the command line uses the whole of MNIST)."""
     from anomalymap_helpers.pipeline import data
     from anomalymap_helpers.pipeline import training as train
     from benchmarks.machine import cpu_info
@@ -64,7 +67,7 @@ def run_curve(
     rows: list[dict[str, Any]] = []
     finals: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in plans}
     for seed in range(seeds):
-        config = data.SplitConfig(seed=seed, max_train=max_train)
+        config = data.SplitConfig(seed=seed, max_train=max_train, max_test=max_test)
         splits = data.take(images, data.make_splits(images.train_labels, images.test_labels, config), config.anomaly_classes)
         x, val, test = splits["train"].images, splits["val"].images, splits["test"]
         y = test.is_anomaly.numpy()

@@ -15,15 +15,16 @@ from benchmarks.schedule_curve import parse_schedule, run_curve
 def test_curve_measures_every_so_many_images_and_at_the_end(
     mnist_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    summary = run_curve(["2x64", "1x32"], 2, str(tmp_path / "curve"), every=400, mnist_dir=str(mnist_dir), max_train=1000)
+    summary = run_curve(["2x64", "1x32"], 2, str(tmp_path / "curve"), every=200, mnist_dir=str(mnist_dir),
+                        max_train=500, max_test=1000)
     with open(tmp_path / "curve" / "curve.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    n = 900  # 1,000 normals less the 10 % validation share
+    n = 450  # 500 normals less the 10 % validation share
     for schedule, epochs in (("2x64", 2), ("1x32", 1)):
         for seed in ("0", "1"):
             seen = [int(r["images"]) for r in rows if r["schedule"] == schedule and r["seed"] == seed]
             assert seen[-1] == epochs * n and seen == sorted(seen)
-            assert all(b - a <= 400 + 64 for a, b in zip([0, *seen], seen, strict=False))  # at least every 400 (+1 batch)
+            assert all(b - a <= 200 + 64 for a, b in zip([0, *seen], seen, strict=False))  # at least every 200 (+1 batch)
     first = [float(r["val_mse"]) for r in rows if r["schedule"] == "2x64" and r["seed"] == "0"]
     assert first[-1] < first[0]  # it learns
     finals = summary["schedules"]["1x32"]
