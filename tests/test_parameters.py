@@ -61,7 +61,7 @@ def test_every_parameter_has_a_notebook_and_a_valid_default() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("score_method", "knn", "score_method='knn': use one of ['auto', 'mse', 'topk', 'ssim', 'latent-knn', 'patch-knn', 'ensemble', 'elbo', 'segment']"),
+        ("score_method", "knn", "score_method='knn': use one of ['auto', 'mse', 'topk', 'ssim', 'latent-knn', 'patch-knn', 'ensemble', 'elbo', 'segment', 'nearest-patch', 'two-signal']"),
         ("heatmap_scale", "log", "heatmap_scale='log': use one of ['per-image', 'global']"),
         ("perplexity", -3, "perplexity=-3.0: use a number above 0"),
         ("tsne_samples", 0, "tsne_samples=0: use a whole number of at least 2"),
