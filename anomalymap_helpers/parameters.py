@@ -275,7 +275,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         ("02",), "`True` or `False`; the other training settings must match the checkpoint's",
     ),
     Parameter(
-        "score_method", str, "auto", "per-image score; auto: segment for model restore, else patch-knn for MNIST/Fashion, topk for folders",
+        "score_method", str, "auto", "per-image score; auto: model restore two-signal on folders (else segment), else topk for folders, patch-knn for MNIST/Fashion",
         ("03",), "`auto`, `mse`, `topk`, `ssim`, `latent-knn`, `patch-knn`, `ensemble`; `elbo` with model vae; `segment` with model restore; on folders `nearest-patch`, and `two-signal` with model restore", _one_of(_score_methods),
     ),
     Parameter(

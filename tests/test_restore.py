@@ -18,6 +18,7 @@ from anomalymap_helpers.pipeline import scoring
 from anomalymap_helpers.pipeline import training as train
 from anomalymap_helpers.pipeline.evaluation import metrics
 from anomalymap_helpers.pipeline.models import ConvAutoencoder, ModelConfig, RestoreNet, damage
+from anomalymap_helpers.pipeline.scoring.two_signal import two_signal_maps
 from anomalymap_helpers.pipeline.training import checkpoint
 from anomalymap_helpers.pipeline.training.device import Precision
 from anomalymap_helpers.runs.opened import Run
@@ -102,9 +103,10 @@ def test_segment_score_is_the_largest_window_mean() -> None:
     np.testing.assert_allclose(scoring.segment_scores(maps).numpy(), brute, rtol=1e-5)
 
 
-def test_segment_is_the_restore_models_own_and_its_default() -> None:
-    assert scoring.check_method("auto", "folder", "restore") == "segment"
+def test_segment_is_the_restore_models_own_and_two_signal_its_default_on_folders() -> None:
+    assert scoring.check_method("auto", "folder", "restore") == "two-signal"
     assert scoring.check_method("auto", "mnist", "restore") == "segment"
+    assert scoring.check_method("auto", "folder", "ae") == "topk"
     assert scoring.check_method("segment", "folder", "restore") == "segment"
     with pytest.raises(ParameterError, match="train with -p model restore"):
         scoring.check_method("segment", "folder", "ae")
@@ -157,36 +159,51 @@ def test_the_schedule_of_the_restore_model_sees_more_images() -> None:
     assert train.schedule_for(180) == (112, 16)
 
 
-def test_the_series_scores_the_restore_model_by_its_segmentation(restore_run_dir: Path) -> None:
+def test_the_series_scores_the_restore_model_by_its_two_signals(restore_run_dir: Path) -> None:
+    """03's default on a folder is two-signal: its figures are those of the segmentation and nearest-patch's
+    map calibrated on the validation normals, recomputed here from the run folder. Precision: the run's
+    inference precision in both; 1e-3 on ROC-AUCs, which move by one pair in 1,000 of these test images."""
     run = Run.open(restore_run_dir, device="cpu")
     m = json.loads((restore_run_dir / "metrics.json").read_text())
-    assert m["score"] == "segment" and run.model_kind == "restore"
-    scored = scoring.score(run.model, run.splits["test"].images, blur=m["map_blur"])
-    assert scored.segmentation is not None
-    masks = run.splits["test"].masks
-    # 03's pixel figures are the segmentation's, not the reconstruction error's
-    assert m["pixel_roc_auc"] == pytest.approx(metrics.pixel_roc_auc(scored.segmentation, masks), abs=1e-3)
+    assert m["score"] == "two-signal" and run.model_kind == "restore"
+    test = run.splits["test"]
+    scored = scoring.score(run.model, test.images, blur=m["map_blur"])
+    scorer = run.scorer()
+    maps = scoring.pixel_maps(scored, "two-signal", scorer)
+    want = two_signal_maps(scored.segmentation, scorer.memory(test.images), scorer.calibration)
+    torch.testing.assert_close(maps, want, rtol=0, atol=1e-5)
+    # 03's pixel figures are the two-signal map's, not the reconstruction error's
+    assert m["pixel_roc_auc"] == pytest.approx(metrics.pixel_roc_auc(maps, test.masks), abs=1e-3)
     assert m["roc_auc"] == pytest.approx(
-        metrics.roc_auc_score(run.splits["test"].is_anomaly.numpy(), scoring.segment_scores(scored.segmentation).numpy()),
-        abs=1e-3)
+        metrics.roc_auc_score(test.is_anomaly.numpy(), scoring.segment_scores(maps).numpy()), abs=1e-3)
     per_type = (restore_run_dir / "per_type.csv").read_text().splitlines()
     assert "pixel_roc_auc" in per_type[0] and "aupro" in per_type[0]
+    comparison = (restore_run_dir / "score_comparison.csv").read_text()
+    assert "segment" in comparison and "nearest-patch" in comparison  # each signal alone beside it
     log = (restore_run_dir / "runner.log").read_text()
-    assert "model 'restore' (auto)" in log and "score segment (auto)" in log
+    assert "model 'restore' (auto)" in log and "score two-signal (auto)" in log
 
 
-def test_the_exported_restore_detector_gives_the_segmentation(restore_run_dir: Path, tmp_path: Path) -> None:
+def test_the_exported_restore_detector_gives_the_two_signal_map(restore_run_dir: Path, tmp_path: Path) -> None:
+    """Precision: fp32 in PyTorch and onnxruntime; the calibration divides the segmentation's rounding
+    (1e-6 of a probability) by its spread on the validation normals, so the tolerance is 1e-4 + 1e-6 / spread."""
     run = Run.open(restore_run_dir, device="cpu")
     out = tmp_path / "d.onnx"
     assert main(["export", "--results", str(restore_run_dir), "--out", str(out)]) == 0
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    assert "restore model's segmentation" in session.get_modelmeta().custom_metadata_map["outputs"]
+    meta = session.get_modelmeta().custom_metadata_map
+    assert "the mean of the segmentation and nearest-patch's map" in meta["outputs"]
+    assert "nearest-patch's memory" in meta["reference_set"]
     images = run.splits["test"].images
     x = (images * 255).round().to(torch.uint8).numpy()
     _, score, own = session.run(["map", "score", "score_map"], {"images": x})
-    scored = scoring.score(run.model.cpu(), images, precision=FP32)
-    np.testing.assert_allclose(own, scored.segmentation.numpy(), rtol=0, atol=1e-5)  # fp32 both ways
-    np.testing.assert_allclose(score, scoring.segment_scores(scored.segmentation).numpy(), rtol=0, atol=1e-5)
+    model = run.model.cpu()
+    scorer = scoring.Scorer(model, run.splits["train"].images, scoring.score(model, run.splits["val"].images, precision=FP32),
+                            precision=FP32, dataset="folder")
+    scored = scoring.score(model, images, precision=FP32)
+    tol = 1e-4 + 1e-6 / scorer.calibration["segment"][1]
+    np.testing.assert_allclose(own, scoring.pixel_maps(scored, "two-signal", scorer).numpy(), rtol=0, atol=tol)
+    np.testing.assert_allclose(score, scorer.all_scores(scored)["two-signal"].numpy(), rtol=0, atol=tol)
 
 
 def test_the_head_reads_large_images_in_cells_and_keeps_their_full_resolution(tmp_path: Path) -> None:

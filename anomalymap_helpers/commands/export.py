@@ -225,9 +225,11 @@ def detector_for(run: Any, *, uint8: bool = True) -> tuple[Detector, dict[str, s
     reference = stats = train_images = scorer = None
     if entry.needs_reference:
         reference = run.reference_latents().cpu()
-    if entry.compute is None or method in scoring.NEEDS_MEMORY:  # fitted on the normals: the Scorer's
+    if entry.compute is None or method in scoring.NEEDS_MEMORY:  # fitted on the normals, in the graph's fp32
+        from anomalymap_helpers.pipeline.training.device import Precision
+
         scorer = scoring.Scorer(model, run.splits["train"].images, run.splits["val"].images, reference=reference,
-                                blur=blur, dataset=run.dataset)
+                                blur=blur, dataset=run.dataset, precision=Precision("fp32", "cpu"))
         stats = scorer.stats if entry.compute is None else None
     if entry.needs_train_images:
         train_images = run.splits["train"].images

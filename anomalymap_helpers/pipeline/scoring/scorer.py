@@ -48,7 +48,7 @@ class Method:
             detector take it from there rather than computing ``own_map`` again.
         map_note: What the ONNX detector's ``score_map`` output is for it, said in the file's metadata.
         default_for_its_kinds: ``score_method="auto"`` for the model kinds (and data sets) that have it
-            (a score that ``needs`` what only some kinds give); the first such entry is the default.
+            (a score that ``needs`` what only some kinds give); a ``folders_only`` one first, on folders.
         folders_only: Whether only folder data sets have it: a memory of every pixel's neighbourhood
             (``nearest-patch``) is about *where* on a surface, and would cost minutes on MNIST's
             10,000 test digits.
@@ -97,7 +97,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            map_note="score_map: N x 1 x H x W each pixel's distance to the nearest normal training neighbourhood, "
                     "in units of a normal's typical distance (the score is its largest small-window mean)"),
     Method("two-signal", lambda s, x, n: segment_scores(s.two_signal_maps(x)), needs=("segmentation",),
-           folders_only=True, pixel_map=lambda s, x: s.two_signal_maps(x), map_in_scored=True,
+           folders_only=True, pixel_map=lambda s, x: s.two_signal_maps(x), map_in_scored=True, default_for_its_kinds=True,
            map_note="score_map: N x 1 x H x W the mean of the segmentation and nearest-patch's map, each in units "
                     "of the validation normals' pixels (the score is its largest small-window mean)"),
 )}
@@ -152,9 +152,13 @@ def check_method(method: str, dataset: str = "mnist", model: str | None = None) 
 
 
 def default_method(dataset: str, model: str | None = None) -> str:
-    """The score of ``score_method="auto"``: the first entry that is ``default_for_its_kinds`` and that the
-    model and data set have (``segment`` for the restore model), else ``topk`` (read off the map) for
-    folders, else ``patch-knn``.
+    """The score of ``score_method="auto"``: an entry that is ``default_for_its_kinds`` and that the model
+    and data set have, a ``folders_only`` one first (the restore model: ``two-signal`` on folders,
+    ``segment`` elsewhere), else ``topk`` (read off the map) for folders, else ``patch-knn``.
+
+    ``two-signal`` became the restore model's default on folders by the rule of docs/photographs.md
+    (its mean of image ROC-AUC, pixel ROC-AUC and AUPRO over the development photograph folders above
+    each signal's alone), measured before the reported folders were looked at.
 
     A folder data set is about *where* the defect is, at the pixel, so its default score is
     read off the full-resolution reconstruction error that the pixel-level measures score;
@@ -164,7 +168,8 @@ def default_method(dataset: str, model: str | None = None) -> str:
     (docs/benchmarks.md), never on test results.
     """
     if model is not None:  # a model kind's own score, where it has one (the restore model's segment)
-        own = [n for n, m in REGISTRY.items() if m.default_for_its_kinds and m.applies_to(model, dataset)]
+        own = sorted((n for n, m in REGISTRY.items() if m.default_for_its_kinds and m.applies_to(model, dataset)),
+                     key=lambda n: not REGISTRY[n].folders_only)
         if own:
             return own[0]
     return "topk" if dataset == "folder" else DEFAULT_METHOD
