@@ -52,6 +52,8 @@ class Method:
         folders_only: Whether only folder data sets have it: a memory of every pixel's neighbourhood
             (``nearest-patch``) is about *where* on a surface, and would cost minutes on MNIST's
             10,000 test digits.
+        needs_memory: Whether it searches ``nearest-patch``'s memory of the training images'
+            neighbourhoods (the :class:`Scorer` then makes one, and the ONNX detector carries it).
 
     A new score is one entry of :data:`REGISTRY`: ``compute`` is called by the :class:`Scorer` and by
     the ONNX detector's graph (``commands/export.py``) alike, so it must use tensor operations only.
@@ -68,6 +70,7 @@ class Method:
     map_note: str = "score_map: the same as map"
     default_for_its_kinds: bool = False
     folders_only: bool = False
+    needs_memory: bool = False
 
     def applies_to(self, kind: str | None, dataset: str | None = None) -> bool:
         """Whether a model of ``kind`` (the ``model`` parameter) on ``dataset`` has this score (None: not
@@ -92,16 +95,17 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            pixel_map=lambda s, x: x.segmentation, map_in_scored=True, default_for_its_kinds=True,
            map_note="score_map: N x 1 x H x W the restore model's segmentation, the probability of damage per "
                     "pixel (the score is its largest small-window mean)"),
-    Method("nearest-patch", lambda s, x, n: segment_scores(s.nearest_maps(x)), folders_only=True,
+    Method("nearest-patch", lambda s, x, n: segment_scores(s.nearest_maps(x)), folders_only=True, needs_memory=True,
            pixel_map=lambda s, x: s.nearest_maps(x), map_in_scored=True,
            map_note="score_map: N x 1 x H x W each pixel's distance to the nearest normal training neighbourhood, "
                     "in units of a normal's typical distance (the score is its largest small-window mean)"),
     Method("two-signal", lambda s, x, n: segment_scores(s.two_signal_maps(x)), needs=("segmentation",),
-           folders_only=True, pixel_map=lambda s, x: s.two_signal_maps(x), map_in_scored=True, default_for_its_kinds=True,
+           folders_only=True, needs_memory=True, pixel_map=lambda s, x: s.two_signal_maps(x), map_in_scored=True,
+           default_for_its_kinds=True,
            map_note="score_map: N x 1 x H x W the mean of the segmentation and nearest-patch's map, each in units "
                     "of the validation normals' pixels (the score is its largest small-window mean)"),
 )}
-NEEDS_MEMORY = ("nearest-patch", "two-signal")  # the scores made of nearest-patch's memory
+NEEDS_MEMORY = tuple(n for n, m in REGISTRY.items() if m.needs_memory)  # the scores made of nearest-patch's memory
 METHODS = tuple(n for n, m in REGISTRY.items() if not m.needs and not m.folders_only)  # every model's, on every data set
 VAE_METHODS = tuple(n for n, m in REGISTRY.items() if m.needs == ("logvar",))  # the variational autoencoder's own
 RESTORE_METHODS = tuple(n for n, m in REGISTRY.items() if m.needs == ("segmentation",))  # the restore model's own
